@@ -1,0 +1,40 @@
+//! The command line (contract §4).
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "sse-relay", version, about = "NATS JetStream → Server-Sent Events relay with exact resume on any replica")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay; configuration from RELAY_* environment variables.
+    Serve,
+    /// Publish one event to deploy.<D> (and pavilion.<P>) and print the stream sequence(s).
+    Publish(PublishArgs),
+    /// Run a self-contained demo: a child nats-server (unless RELAY_NATS_URL is set), a simulated
+    /// pipeline and the relay.
+    Demo,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// Deployment id: publishes to deploy.<id>.
+    #[arg(long)]
+    pub deployment: String,
+    /// Pavilion id: also publishes to pavilion.<id>.
+    #[arg(long)]
+    pub pavilion: Option<String>,
+    /// SSE event type (Relay-Event-Type header).
+    #[arg(long = "type", default_value = "stage")]
+    pub event_type: String,
+    /// Idempotency key (Nats-Msg-Id): a retry with the same id is stored once.
+    #[arg(long)]
+    pub msg_id: Option<String>,
+    /// The JSON payload, published verbatim.
+    #[arg(long)]
+    pub data: String,
+}

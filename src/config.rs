@@ -1,0 +1,310 @@
+//! Configuration from `RELAY_*` environment variables (contract §5).
+//!
+//! Read with `envy` into one flat struct; durations are humantime strings. A value that does not
+//! parse refuses start-up with an error naming the variable, because a relay that silently runs
+//! with a default its operator did not choose is worse than one that does not start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::jetstream::{stream_definition, StreamSettings};
+
+/// Prefix of every variable this module reads.
+pub const ENV_PREFIX: &str = "RELAY_";
+
+/// Who may open a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone who can reach the relay may subscribe to any valid id.
+    #[default]
+    None,
+    /// A JWT granting the requested subjects is required.
+    Jwt,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    #[default]
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+/// The relay's whole configuration. Field names are the variable names without `RELAY_`,
+/// lower-cased (envy's convention).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Comma-separated NATS server URLs.
+    pub nats_url: String,
+    pub nats_creds: Option<PathBuf>,
+    pub nats_token: Option<String>,
+    pub nats_ca: Option<PathBuf>,
+    pub stream: String,
+    pub stream_manage: bool,
+    pub stream_replicas: usize,
+    #[serde(with = "humantime_serde")]
+    pub stream_max_age: Duration,
+    pub stream_max_msgs_per_subject: i64,
+    pub max_connections: usize,
+    pub max_connections_per_key: usize,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    pub auth: AuthMode,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key_file: Option<PathBuf>,
+    pub jwt_audience: Option<String>,
+    /// Comma-separated allowed origins; empty means same-origin only.
+    pub cors_origins: String,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let stream = stream_definition();
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_creds: None,
+            nats_token: None,
+            nats_ca: None,
+            stream: stream.name.clone(),
+            stream_manage: true,
+            stream_replicas: stream.num_replicas,
+            stream_max_age: stream.max_age,
+            stream_max_msgs_per_subject: stream.max_messages_per_subject,
+            max_connections: 10_000,
+            max_connections_per_key: 100,
+            heartbeat: Duration::from_secs(25),
+            retry: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(20),
+            auth: AuthMode::None,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_audience: None,
+            cors_origins: String::new(),
+            log: "info".to_owned(),
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(variable: &str, reason: impl Into<String>) -> Self {
+        Self {
+            variable: variable.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads the given variables (those without the `RELAY_` prefix are ignored).
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let config = match envy::prefixed(ENV_PREFIX).from_iter::<_, Config>(vars.clone()) {
+            Ok(config) => config,
+            Err(err) => return Err(name_the_culprit(&vars, err)),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that need more than one field or a range.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let nonzero = |name: &str, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError::new(name, "must be greater than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        nonzero("RELAY_HEARTBEAT", self.heartbeat)?;
+        nonzero("RELAY_RETRY", self.retry)?;
+        nonzero("RELAY_DRAIN_TIMEOUT", self.drain_timeout)?;
+        if self.nats_urls().is_empty() {
+            return Err(ConfigError::new("RELAY_NATS_URL", "no NATS URL given"));
+        }
+        if self.stream.is_empty()
+            || self
+                .stream
+                .chars()
+                .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace())
+        {
+            return Err(ConfigError::new(
+                "RELAY_STREAM",
+                format!("'{}' is not a valid JetStream stream name", self.stream),
+            ));
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(ConfigError::new("RELAY_STREAM_REPLICAS", "must be 1 to 5"));
+        }
+        if self.stream_max_msgs_per_subject == 0 || self.stream_max_msgs_per_subject < -1 {
+            return Err(ConfigError::new(
+                "RELAY_STREAM_MAX_MSGS_PER_SUBJECT",
+                "must be a positive count, or -1 for unlimited",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("RELAY_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        if self.max_connections_per_key == 0 {
+            return Err(ConfigError::new(
+                "RELAY_MAX_CONNECTIONS_PER_KEY",
+                "must be at least 1",
+            ));
+        }
+        if self.auth == AuthMode::Jwt && self.jwt_secret.is_none() && self.jwt_public_key_file.is_none()
+        {
+            return Err(ConfigError::new(
+                "RELAY_AUTH",
+                "jwt needs RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY_FILE",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The NATS server URLs, split on commas, blanks dropped.
+    pub fn nats_urls(&self) -> Vec<String> {
+        split_list(&self.nats_url)
+    }
+
+    /// The stream settings configuration may override.
+    pub fn stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            name: self.stream.clone(),
+            replicas: self.stream_replicas,
+            max_age: self.stream_max_age,
+            max_msgs_per_subject: self.stream_max_msgs_per_subject,
+        }
+    }
+
+    /// The allowed CORS origins.
+    pub fn cors_origins(&self) -> Vec<String> {
+        split_list(&self.cors_origins)
+    }
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// envy does not say which variable a value-level error came from; parse each variable alone
+/// (every field has a default) to find the one that fails and name it.
+fn name_the_culprit(vars: &[(String, String)], err: envy::Error) -> ConfigError {
+    for (key, value) in vars {
+        if let Err(single) =
+            envy::prefixed(ENV_PREFIX).from_iter::<_, Config>(vec![(key.clone(), value.clone())])
+        {
+            return ConfigError::new(key, format!("invalid value '{value}': {single}"));
+        }
+    }
+    ConfigError::new("RELAY_*", err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::from_vars(vec![]).expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(c.stream, "DEPLOY_EVENTS");
+        assert!(c.stream_manage);
+        assert_eq!(c.stream_replicas, 1);
+        assert_eq!(c.stream_max_age, Duration::from_secs(24 * 3600));
+        assert_eq!(c.stream_max_msgs_per_subject, 10_000);
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_connections_per_key, 100);
+        assert_eq!(c.heartbeat, Duration::from_secs(25));
+        assert_eq!(c.retry, Duration::from_secs(2));
+        assert_eq!(c.drain_timeout, Duration::from_secs(20));
+        assert_eq!(c.auth, AuthMode::None);
+        assert_eq!(c.log, "info");
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn reads_humantime_durations_and_lists() {
+        let c = Config::from_vars(vars(&[
+            ("RELAY_HEARTBEAT", "1m 30s"),
+            ("RELAY_STREAM_MAX_AGE", "2h"),
+            ("RELAY_NATS_URL", "nats://a:4222, nats://b:4222"),
+            ("RELAY_LOG_FORMAT", "pretty"),
+            ("PATH", "ignored"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.heartbeat, Duration::from_secs(90));
+        assert_eq!(c.stream_max_age, Duration::from_secs(7200));
+        assert_eq!(c.nats_urls(), vec!["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(c.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        for (key, value) in [
+            ("RELAY_HEARTBEAT", "soon"),
+            ("RELAY_MAX_CONNECTIONS", "many"),
+            ("RELAY_AUTH", "magic"),
+            ("RELAY_STREAM_MANAGE", "maybe"),
+            ("RELAY_LISTEN", "here"),
+            ("RELAY_HEARTBEAT", "0s"),
+            ("RELAY_STREAM", "a.b"),
+        ] {
+            let err = Config::from_vars(vars(&[("RELAY_RETRY", "3s"), (key, value)]))
+                .expect_err(value);
+            assert_eq!(err.variable, key, "{err}");
+            assert!(err.to_string().starts_with(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn jwt_needs_a_key() {
+        let err = Config::from_vars(vars(&[("RELAY_AUTH", "jwt")])).expect_err("no key");
+        assert_eq!(err.variable, "RELAY_AUTH");
+        Config::from_vars(vars(&[("RELAY_AUTH", "jwt"), ("RELAY_JWT_SECRET", "s")]))
+            .expect("secret given");
+    }
+}

@@ -1,0 +1,57 @@
+//! `GET /v1/{deployments|pavilions}/{id}/timeline?after=&limit=`: the polling fallback.
+
+use axum::extract::State;
+use axum::Json;
+
+use super::error::ApiError;
+use super::extract::{PathKey, QueryPairs};
+use super::AppState;
+use crate::jetstream::TimelinePage;
+use crate::subject::Subject;
+
+/// Events per page unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest `limit` accepted.
+pub const MAX_LIMIT: usize = 1000;
+
+pub async fn deployment_timeline(
+    State(state): State<AppState>,
+    PathKey(key): PathKey,
+    query: QueryPairs,
+) -> Result<Json<TimelinePage>, ApiError> {
+    page(state, Subject::deployment(key), query).await
+}
+
+pub async fn pavilion_timeline(
+    State(state): State<AppState>,
+    PathKey(key): PathKey,
+    query: QueryPairs,
+) -> Result<Json<TimelinePage>, ApiError> {
+    page(state, Subject::pavilion(key), query).await
+}
+
+async fn page(
+    state: AppState,
+    subject: Subject,
+    query: QueryPairs,
+) -> Result<Json<TimelinePage>, ApiError> {
+    let after = query.u64_param("after")?.unwrap_or(0);
+    let limit = match query.u64_param("limit")? {
+        None => DEFAULT_LIMIT,
+        Some(n) if (1..=MAX_LIMIT as u64).contains(&n) => n as usize,
+        Some(_) => {
+            return Err(ApiError::InvalidQuery(format!(
+                "limit must be 1 to {MAX_LIMIT}"
+            )))
+        }
+    };
+    if !state.readiness.nats_connected() {
+        return Err(ApiError::NotReady("NATS is disconnected".into()));
+    }
+    state
+        .store
+        .timeline(&subject, after, limit)
+        .await
+        .map(Json)
+        .map_err(ApiError::from)
+}

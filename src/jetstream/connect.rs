@@ -1,0 +1,86 @@
+//! The NATS connection: credentials from configuration, reconnecting forever, and a check that
+//! the server is new enough to honour multi-subject consumer filters.
+
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event};
+
+use crate::config::Config;
+
+/// The first nats-server version that applies `filter_subjects` (2.9 silently ignores them).
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
+
+/// The connected server is older than [`MIN_SERVER_VERSION`].
+#[derive(Debug, thiserror::Error)]
+#[error("nats-server {found} is too old: sse-relay needs 2.10 or newer (multi-subject filters)")]
+pub struct ServerTooOld {
+    pub found: String,
+}
+
+/// Connects in the background and keeps reconnecting; returns at once even if no server is up
+/// yet, so the relay can start and report itself not ready. `on_event` sees every connection
+/// event (connected, disconnected, ...).
+pub async fn connect<F>(config: &Config, on_event: F) -> Result<async_nats::Client, std::io::Error>
+where
+    F: Fn(Event) + Send + Sync + 'static,
+{
+    let on_event = std::sync::Arc::new(on_event);
+    let mut options = ConnectOptions::new()
+        .name("sse-relay")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(3))
+        .ping_interval(Duration::from_secs(10))
+        .reconnect_delay_callback(|attempts| {
+            // 0, 100 ms, 200 ms, ... capped at 2 s: NATS restarts are noticed quickly.
+            Duration::from_millis((attempts as u64 * 100).min(2000))
+        })
+        .event_callback(move |event| {
+            let on_event = on_event.clone();
+            async move { on_event(event) }
+        });
+    if let Some(creds) = &config.nats_creds {
+        options = options.credentials_file(creds).await?;
+    }
+    if let Some(token) = &config.nats_token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &config.nats_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    let urls = config.nats_urls();
+    options
+        .connect(urls.as_slice())
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Checks the version the connected server reported.
+pub fn check_server_version(version: &str) -> Result<(), ServerTooOld> {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if found >= MIN_SERVER_VERSION {
+        Ok(())
+    } else {
+        Err(ServerTooOld {
+            found: version.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_below_2_10_are_refused() {
+        assert!(check_server_version("2.10.0").is_ok());
+        assert!(check_server_version("2.15.1").is_ok());
+        assert!(check_server_version("3.0.0-beta").is_ok());
+        assert!(check_server_version("2.9.25").is_err());
+        assert!(check_server_version("").is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! Everything that touches NATS JetStream: connecting, provisioning the stream, one ordered
+//! consumer per SSE client, the polling timeline and publishing. Nothing above this module knows
+//! about consumers, acks or headers.
+
+mod connect;
+mod health;
+mod provision;
+mod publish;
+mod subscription;
+mod timeline;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+pub use connect::{check_server_version, connect, ServerTooOld};
+pub use health::watch_stream;
+pub use provision::{stream_definition, StreamSettings};
+pub use publish::{PublishOutcome, EVENT_TYPE_HEADER};
+pub use subscription::{EventFeed, FeedError, Opening, RelayEvent, Subscription};
+pub use timeline::{TimelineEvent, TimelinePage};
+
+/// How long one JetStream API call may take before the relay answers "not ready".
+pub const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failed JetStream operation, reduced to what callers act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// NATS or the stream cannot be reached now; try again later.
+    #[error("JetStream unavailable: {0}")]
+    Unavailable(String),
+    /// The server accepted a consumer but did not apply its subject filters (nats-server < 2.10);
+    /// following it would leak other subjects.
+    #[error("server ignored the consumer's subject filters")]
+    FilterIgnored,
+}
+
+impl StoreError {
+    fn unavailable(err: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable(err.to_string())
+    }
+}
+
+/// JetStream access for one relay process: the stream it serves and the names of the consumers
+/// it creates (`<replica>-<n>`, unique per process, so a lost one can be found and deleted).
+#[derive(Clone)]
+pub struct EventStore {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream_name: Arc<str>,
+    replica_id: Arc<str>,
+    next_consumer: Arc<AtomicU64>,
+}
+
+impl EventStore {
+    pub fn new(client: async_nats::Client, stream_name: &str) -> Self {
+        let js = jetstream::new(client.clone());
+        Self {
+            client,
+            js,
+            stream_name: stream_name.into(),
+            replica_id: new_replica_id().into(),
+            next_consumer: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn stream_name(&self) -> &str {
+        &self.stream_name
+    }
+
+    /// Random per process; prefixes this replica's consumer names.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    /// Whether the client is connected to a server right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The stream's current state (one API request), or why it cannot be had.
+    pub async fn stream_state(&self) -> Result<jetstream::stream::State, StoreError> {
+        let info = tokio::time::timeout(API_TIMEOUT, async {
+            let stream = self.js.get_stream_no_info(&*self.stream_name).await?;
+            stream.get_info().await.map_err(async_nats::Error::from)
+        })
+        .await
+        .map_err(StoreError::unavailable)?
+        .map_err(StoreError::unavailable)?;
+        Ok(info.state)
+    }
+}
+
+fn new_replica_id() -> String {
+    use rand::Rng;
+    let n: u32 = rand::rng().random();
+    format!("sser{n:08x}")
+}

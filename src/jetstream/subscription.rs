@@ -1,0 +1,374 @@
+//! One SSE client's view of the stream: an ephemeral ordered consumer filtered to its subjects,
+//! started at its resume point, deleted as soon as the client goes away.
+//!
+//! The async-nats ordered consumer recreates itself after missed heartbeats, a NATS restart or
+//! a deleted consumer, continuing from the last sequence it delivered. Two of its edges are
+//! handled here:
+//! - recreated before its first message, it starts from sequence 1; the feed therefore never
+//!   yields a sequence at or below the last one it yielded (or the resume point);
+//! - dropping it does not delete the server-side consumer (that lingers for its 30 s inactivity
+//!   threshold); [`ConsumerLease`] deletes it, following the `<name>_<n>` names of recreations.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::Stream;
+
+use super::{EventStore, StoreError, API_TIMEOUT, EVENT_TYPE_HEADER};
+use crate::sse::DEFAULT_EVENT;
+use crate::subject::{ResumePoint, SubjectSet};
+
+/// One stored message, as the relay forwards it.
+#[derive(Debug, Clone)]
+pub struct RelayEvent {
+    /// The JetStream stream sequence: the SSE `id:`.
+    pub seq: u64,
+    pub subject: String,
+    /// From the `Relay-Event-Type` header; `message` if absent.
+    pub event_type: String,
+    /// Verbatim.
+    pub payload: Bytes,
+    /// When JetStream stored it.
+    pub published: time::OffsetDateTime,
+    /// All headers (trace context travels here).
+    pub headers: Option<HeaderMap>,
+}
+
+impl RelayEvent {
+    pub(super) fn new(
+        seq: u64,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: Bytes,
+        published: time::OffsetDateTime,
+    ) -> Self {
+        let event_type = headers
+            .and_then(|h| h.get(EVENT_TYPE_HEADER))
+            .map(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .unwrap_or(DEFAULT_EVENT)
+            .to_owned();
+        Self {
+            seq,
+            subject: subject.to_owned(),
+            event_type,
+            payload,
+            published,
+            headers: headers.cloned(),
+        }
+    }
+}
+
+/// What the client must be told before the first event, decided once when the stream opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// The resume point is older than the stream retains; delivery continues from what is left.
+    Gap { requested: u64, first_available: u64 },
+    /// The resume point is beyond the stream's last sequence (the stream was recreated);
+    /// every retained event follows.
+    Reset { requested: u64, last_seq: u64 },
+}
+
+/// An opened subscription.
+pub struct Subscription {
+    pub opening: Option<Opening>,
+    pub feed: EventFeed,
+}
+
+/// The consumer failed in a way its own recovery does not cover; the client should reconnect.
+#[derive(Debug, thiserror::Error)]
+#[error("consumer failed: {0}")]
+pub struct FeedError(String);
+
+impl EventStore {
+    /// Opens an ordered consumer for `subjects` after `resume` (or from the start).
+    pub async fn subscribe(
+        &self,
+        subjects: &SubjectSet,
+        resume: Option<ResumePoint>,
+    ) -> Result<Subscription, StoreError> {
+        let state = self.stream_state().await?;
+        let (deliver_policy, opening, floor) = plan_start(resume, &state);
+
+        let name = format!(
+            "{}-{}",
+            self.replica_id,
+            self.next_consumer
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let filters = subjects.nats_subjects();
+        let mut config = OrderedConfig {
+            name: Some(name.clone()),
+            deliver_policy,
+            ..Default::default()
+        };
+        match filters.as_slice() {
+            [one] => config.filter_subject = one.clone(),
+            _ => config.filter_subjects = filters.clone(),
+        }
+
+        let lease = ConsumerLease {
+            js: self.js.clone(),
+            stream: self.stream_name.to_string(),
+            name_prefix: name,
+            serial: 0,
+        };
+        let messages = tokio::time::timeout(API_TIMEOUT, async {
+            let stream = self.js.get_stream_no_info(&*self.stream_name).await?;
+            let consumer: jetstream::consumer::Consumer<OrderedConfig> =
+                stream.create_consumer(config).await?;
+            let echoed = &consumer.cached_info().config;
+            let applied = if echoed.filter_subjects.is_empty() {
+                vec![echoed.filter_subject.clone()]
+            } else {
+                echoed.filter_subjects.clone()
+            };
+            if applied != filters {
+                return Ok(Err(StoreError::FilterIgnored));
+            }
+            Ok::<_, async_nats::Error>(Ok(consumer.messages().await?))
+        })
+        .await
+        .map_err(StoreError::unavailable)?
+        .map_err(StoreError::unavailable)??;
+        // From here on, dropping the feed deletes the consumer (the lease above does so too if
+        // the filter check failed).
+        Ok(Subscription {
+            opening,
+            feed: EventFeed {
+                messages,
+                floor,
+                lease,
+            },
+        })
+    }
+}
+
+/// Where the consumer starts, what to tell the client first, and the highest sequence the
+/// client already has.
+fn plan_start(
+    resume: Option<ResumePoint>,
+    state: &stream::State,
+) -> (DeliverPolicy, Option<Opening>, u64) {
+    let Some(ResumePoint(requested)) = resume else {
+        return (DeliverPolicy::All, None, 0);
+    };
+    if requested > state.last_sequence {
+        let opening = Opening::Reset {
+            requested,
+            last_seq: state.last_sequence,
+        };
+        return (DeliverPolicy::All, Some(opening), 0);
+    }
+    // requested <= last_sequence < u64::MAX, so +1 cannot overflow.
+    let start = requested + 1;
+    let opening = (start < state.first_sequence).then_some(Opening::Gap {
+        requested,
+        first_available: state.first_sequence,
+    });
+    (
+        DeliverPolicy::ByStartSequence {
+            start_sequence: start,
+        },
+        opening,
+        requested,
+    )
+}
+
+/// The events of one subscription, in stream order, each once.
+pub struct EventFeed {
+    // Declared before `lease`: the consumer's pull task stops before the lease deletes it.
+    messages: Ordered,
+    /// The highest sequence the client has (resume point or last yielded).
+    floor: u64,
+    lease: ConsumerLease,
+}
+
+impl Stream for EventFeed {
+    type Item = Result<RelayEvent, FeedError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let message = match Pin::new(&mut self.messages).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(err))) => {
+                    return Poll::Ready(Some(Err(FeedError(err.to_string()))))
+                }
+                Poll::Ready(Some(Ok(message))) => message,
+            };
+            let info = match message.info() {
+                Ok(info) => info,
+                Err(err) => return Poll::Ready(Some(Err(FeedError(err.to_string())))),
+            };
+            let seq = info.stream_sequence;
+            let published = info.published;
+            let serial = self.lease.serial_of(info.consumer);
+            if let Some(serial) = serial {
+                self.lease.serial = serial;
+            }
+            if seq <= self.floor {
+                // A recreated consumer replaying from the start: the client has these.
+                continue;
+            }
+            self.floor = seq;
+            let event = RelayEvent::new(
+                seq,
+                message.subject.as_str(),
+                message.headers.as_ref(),
+                message.payload.clone(),
+                published,
+            );
+            return Poll::Ready(Some(Ok(event)));
+        }
+    }
+}
+
+/// Owns the server-side consumer of one subscription and deletes it when dropped.
+struct ConsumerLease {
+    js: jetstream::Context,
+    stream: String,
+    /// The first consumer's name; recreations are `<prefix>_<n>`.
+    name_prefix: String,
+    /// `n` of the last consumer seen delivering.
+    serial: u64,
+}
+
+/// How many recreations past the last one seen the lease looks for when deleting.
+const RECREATIONS_TO_PROBE: u64 = 3;
+
+impl ConsumerLease {
+    fn name(&self, serial: u64) -> String {
+        if serial == 0 {
+            self.name_prefix.clone()
+        } else {
+            format!("{}_{serial}", self.name_prefix)
+        }
+    }
+
+    fn serial_of(&self, consumer: &str) -> Option<u64> {
+        let rest = consumer.strip_prefix(self.name_prefix.as_str())?;
+        if rest.is_empty() {
+            return Some(0);
+        }
+        rest.strip_prefix('_')?.parse().ok()
+    }
+}
+
+impl Drop for ConsumerLease {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // Shutting down: the inactivity threshold removes it.
+        };
+        let js = self.js.clone();
+        let stream = std::mem::take(&mut self.stream);
+        let names: Vec<String> = (self.serial..=self.serial + RECREATIONS_TO_PROBE)
+            .map(|serial| self.name(serial))
+            .collect();
+        runtime.spawn(async move {
+            // The live consumer is the last seen or a later recreation; earlier ones were
+            // deleted by the recreation itself. Stop at the first that exists.
+            for name in names {
+                match tokio::time::timeout(
+                    API_TIMEOUT,
+                    js.delete_consumer_from_stream(&name, &stream),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => {
+                        tracing::debug!(consumer = %name, "consumer deleted");
+                        return;
+                    }
+                    Ok(Err(err)) if is_not_found(&err) => continue,
+                    Ok(Err(err)) => {
+                        tracing::debug!(consumer = %name, error = %err, "consumer not deleted; its inactivity threshold will");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(consumer = %name, "consumer delete timed out; its inactivity threshold will");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn is_not_found(err: &jetstream::stream::ConsumerError) -> bool {
+    matches!(
+        err.kind(),
+        jetstream::stream::ConsumerErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(first: u64, last: u64) -> stream::State {
+        let messages = if last >= first { last - first + 1 } else { 0 };
+        serde_json::from_value(serde_json::json!({
+            "messages": messages, "bytes": 0, "first_seq": first,
+            "first_ts": "2026-11-23T00:00:00Z", "last_seq": last,
+            "last_ts": "2026-11-23T00:00:00Z", "consumer_count": 0
+        }))
+        .expect("valid state")
+    }
+
+    #[test]
+    fn no_resume_point_delivers_everything() {
+        let (policy, opening, floor) = plan_start(None, &state(5, 10));
+        assert_eq!(policy, DeliverPolicy::All);
+        assert_eq!(opening, None);
+        assert_eq!(floor, 0);
+    }
+
+    #[test]
+    fn resume_inside_the_stream_starts_after_it() {
+        let (policy, opening, floor) = plan_start(Some(ResumePoint(7)), &state(5, 10));
+        assert_eq!(policy, DeliverPolicy::ByStartSequence { start_sequence: 8 });
+        assert_eq!(opening, None);
+        assert_eq!(floor, 7);
+        // Exactly at the end: nothing to replay, no reset.
+        let (_, opening, _) = plan_start(Some(ResumePoint(10)), &state(5, 10));
+        assert_eq!(opening, None);
+        // Just before the first retained one: no gap either.
+        let (_, opening, _) = plan_start(Some(ResumePoint(4)), &state(5, 10));
+        assert_eq!(opening, None);
+    }
+
+    #[test]
+    fn resume_before_the_retained_start_is_a_gap() {
+        let (_, opening, floor) = plan_start(Some(ResumePoint(2)), &state(5, 10));
+        assert_eq!(
+            opening,
+            Some(Opening::Gap {
+                requested: 2,
+                first_available: 5
+            })
+        );
+        assert_eq!(floor, 2);
+    }
+
+    #[test]
+    fn resume_beyond_the_end_is_a_reset() {
+        let (policy, opening, floor) = plan_start(Some(ResumePoint(11)), &state(5, 10));
+        assert_eq!(policy, DeliverPolicy::All);
+        assert_eq!(
+            opening,
+            Some(Opening::Reset {
+                requested: 11,
+                last_seq: 10
+            })
+        );
+        assert_eq!(floor, 0);
+        let (_, opening, _) = plan_start(Some(ResumePoint(u64::MAX)), &state(0, 0));
+        assert!(matches!(opening, Some(Opening::Reset { .. })));
+    }
+}

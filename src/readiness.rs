@@ -1,0 +1,56 @@
+//! Whether this replica should receive traffic: NATS connected, stream reachable, not draining.
+//! Written by the NATS watcher and the shutdown path, read by `/readyz` and every SSE request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Readiness {
+    nats_connected: AtomicBool,
+    stream_reachable: AtomicBool,
+    draining: AtomicBool,
+}
+
+/// Why the replica is not ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    /// NATS disconnected or the stream unreachable.
+    Unavailable,
+    /// Shutting down.
+    Draining,
+}
+
+impl Readiness {
+    pub fn set_nats_connected(&self, connected: bool) {
+        self.nats_connected.store(connected, Ordering::Relaxed);
+        if !connected {
+            self.stream_reachable.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_stream_reachable(&self, reachable: bool) {
+        self.stream_reachable.store(reachable, Ordering::Relaxed);
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn nats_connected(&self) -> bool {
+        self.nats_connected.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// `Ok` when the replica may take a new stream.
+    pub fn check(&self) -> Result<(), NotReady> {
+        if self.is_draining() {
+            Err(NotReady::Draining)
+        } else if self.nats_connected() && self.stream_reachable.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(NotReady::Unavailable)
+        }
+    }
+}
