@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "sse-relay", version, about = "NATS JetStream → Server-Sent Events relay with exact resume on any replica")]
+#[command(
+    name = "sse-relay",
+    version,
+    about = "NATS JetStream → Server-Sent Events relay with exact resume on any replica"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

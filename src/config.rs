@@ -126,7 +126,9 @@ impl Config {
     }
 
     /// Reads the given variables (those without the `RELAY_` prefix are ignored).
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = vars
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
@@ -175,7 +177,10 @@ impl Config {
             ));
         }
         if self.max_connections == 0 {
-            return Err(ConfigError::new("RELAY_MAX_CONNECTIONS", "must be at least 1"));
+            return Err(ConfigError::new(
+                "RELAY_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
         }
         if self.max_connections_per_key == 0 {
             return Err(ConfigError::new(
@@ -183,7 +188,9 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.auth == AuthMode::Jwt && self.jwt_secret.is_none() && self.jwt_public_key_file.is_none()
+        if self.auth == AuthMode::Jwt
+            && self.jwt_secret.is_none()
+            && self.jwt_public_key_file.is_none()
         {
             return Err(ConfigError::new(
                 "RELAY_AUTH",
@@ -293,8 +300,8 @@ mod tests {
             ("RELAY_HEARTBEAT", "0s"),
             ("RELAY_STREAM", "a.b"),
         ] {
-            let err = Config::from_vars(vars(&[("RELAY_RETRY", "3s"), (key, value)]))
-                .expect_err(value);
+            let err =
+                Config::from_vars(vars(&[("RELAY_RETRY", "3s"), (key, value)])).expect_err(value);
             assert_eq!(err.variable, key, "{err}");
             assert!(err.to_string().starts_with(key), "{err}");
         }

@@ -61,8 +61,12 @@ pub struct ChildNats {
 
 impl ChildNats {
     pub async fn start() -> Result<Self, DemoError> {
-        let store = tempfile::Builder::new().prefix("sse-relay-demo-").tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let store = tempfile::Builder::new()
+            .prefix("sse-relay-demo-")
+            .tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let binary = nats_server_binary();
         let mut command = Command::new(&binary);
         command
@@ -85,7 +89,10 @@ impl ChildNats {
             source,
         })?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             if tokio::time::Instant::now() > deadline {
                 return Err(DemoError::NatsNotUp(port));
             }
@@ -135,26 +142,100 @@ async fn run_deployment(store: &EventStore, pavilion: &str, deployment: &str, ou
     let mut failed = false;
     for stage in STAGES {
         if failed {
-            emit(store, pavilion, deployment, stage, "skipped", 1, "Skipped: an earlier stage failed").await;
+            emit(
+                store,
+                pavilion,
+                deployment,
+                stage,
+                "skipped",
+                1,
+                "Skipped: an earlier stage failed",
+            )
+            .await;
             continue;
         }
-        emit(store, pavilion, deployment, stage, "started", 1, &format!("Starting {stage}")).await;
+        emit(
+            store,
+            pavilion,
+            deployment,
+            stage,
+            "started",
+            1,
+            &format!("Starting {stage}"),
+        )
+        .await;
         pause().await;
-        emit(store, pavilion, deployment, stage, "progress", 1, &format!("{stage} in progress")).await;
+        emit(
+            store,
+            pavilion,
+            deployment,
+            stage,
+            "progress",
+            1,
+            &format!("{stage} in progress"),
+        )
+        .await;
         pause().await;
         match outcome {
             Outcome::Fails(at) if at == stage => {
-                emit(store, pavilion, deployment, stage, "failed", 1, "Pods did not become ready").await;
+                emit(
+                    store,
+                    pavilion,
+                    deployment,
+                    stage,
+                    "failed",
+                    1,
+                    "Pods did not become ready",
+                )
+                .await;
                 failed = true;
             }
             Outcome::FailsThenRetries(at) if at == stage => {
-                emit(store, pavilion, deployment, stage, "failed", 1, "Sync failed; retrying").await;
+                emit(
+                    store,
+                    pavilion,
+                    deployment,
+                    stage,
+                    "failed",
+                    1,
+                    "Sync failed; retrying",
+                )
+                .await;
                 pause().await;
-                emit(store, pavilion, deployment, stage, "started", 2, "Retrying sync").await;
+                emit(
+                    store,
+                    pavilion,
+                    deployment,
+                    stage,
+                    "started",
+                    2,
+                    "Retrying sync",
+                )
+                .await;
                 pause().await;
-                emit(store, pavilion, deployment, stage, "succeeded", 2, "Synced on retry").await;
+                emit(
+                    store,
+                    pavilion,
+                    deployment,
+                    stage,
+                    "succeeded",
+                    2,
+                    "Synced on retry",
+                )
+                .await;
             }
-            _ => emit(store, pavilion, deployment, stage, "succeeded", 1, &format!("{stage} done")).await,
+            _ => {
+                emit(
+                    store,
+                    pavilion,
+                    deployment,
+                    stage,
+                    "succeeded",
+                    1,
+                    &format!("{stage} done"),
+                )
+                .await
+            }
         }
     }
 }
@@ -189,9 +270,9 @@ async fn emit(
         (Subject::deployment(d), msg_id.clone()),
         (Subject::pavilion(p), format!("{msg_id}:pavilion")),
     ] {
-        if let Err(err) =
-            store.publish(&subject, Some("stage"), Some(&id), payload.clone().into())
-                .await
+        if let Err(err) = store
+            .publish(&subject, Some("stage"), Some(&id), payload.clone().into())
+            .await
         {
             tracing::warn!(error = %err, %subject, "demo publish failed");
         }

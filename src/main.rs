@@ -105,7 +105,9 @@ async fn run_demo(mut config: Config) -> ExitCode {
         println!("sse-relay demo is running (NATS at {nats_url}).");
         println!("  Board:   http://{host}/?pavilion=p-1");
         println!("  Try:     curl -N http://{host}/v1/pavilions/p-1/events");
-        println!("  Resume:  curl -N -H 'Last-Event-ID: 5' http://{host}/v1/deployments/d-1/events");
+        println!(
+            "  Resume:  curl -N -H 'Last-Event-ID: 5' http://{host}/v1/deployments/d-1/events"
+        );
         println!("  Poll:    curl 'http://{host}/v1/deployments/d-1/timeline?after=0&limit=10'");
         println!("Ctrl-C stops everything.");
         println!();

@@ -79,24 +79,24 @@ pub async fn run(config: &Config, request: PublishRequest) -> Result<PublishRepo
     let store = EventStore::new(client, &config.stream);
     let deploy = store
         .publish(
-        &request.deployment,
-        Some(&request.event_type),
-        request.msg_id.as_deref(),
-        request.data.clone(),
-    )
-    .await?;
+            &request.deployment,
+            Some(&request.event_type),
+            request.msg_id.as_deref(),
+            request.data.clone(),
+        )
+        .await?;
     let mut duplicate = deploy.duplicate;
     let pavilion_seq = match &request.pavilion {
         Some(pavilion) => {
             let msg_id = request.msg_id.as_ref().map(|id| format!("{id}:pavilion"));
             let ack = store
                 .publish(
-                pavilion,
-                Some(&request.event_type),
-                msg_id.as_deref(),
-                request.data.clone(),
-            )
-            .await?;
+                    pavilion,
+                    Some(&request.event_type),
+                    msg_id.as_deref(),
+                    request.data.clone(),
+                )
+                .await?;
             duplicate |= ack.duplicate;
             Some(ack.sequence)
         }

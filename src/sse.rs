@@ -215,7 +215,10 @@ mod tests {
             &b"id: 7\nevent: message\ndata: line1\ndata: line2\ndata: line3\ndata: end\n\n"[..]
         );
         let frame = event_frame(8, "message", b"trailing\n");
-        assert_eq!(&frame[..], &b"id: 8\nevent: message\ndata: trailing\ndata: \n\n"[..]);
+        assert_eq!(
+            &frame[..],
+            &b"id: 8\nevent: message\ndata: trailing\ndata: \n\n"[..]
+        );
         let frame = event_frame(9, "message", b"");
         assert_eq!(&frame[..], &b"id: 9\nevent: message\ndata: \n\n"[..]);
     }

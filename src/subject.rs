@@ -196,7 +196,11 @@ mod tests {
         assert_eq!(SubjectKey::parse(""), Err(InvalidId::Empty));
         assert_eq!(SubjectKey::parse(&"x".repeat(129)), Err(InvalidId::TooLong));
         for bad in ["*", ">", "a.b", "a b", "a/b", "é", "a\n", "%2A", "a>"] {
-            assert_eq!(SubjectKey::parse(bad), Err(InvalidId::BadCharacter), "{bad}");
+            assert_eq!(
+                SubjectKey::parse(bad),
+                Err(InvalidId::BadCharacter),
+                "{bad}"
+            );
         }
     }
 
@@ -208,7 +212,10 @@ mod tests {
         assert_eq!(p.nats_subject(), "pavilion.p-7");
         assert_eq!(p.timeline_path(), "/v1/pavilions/p-7/timeline");
         let set = SubjectSet::new(vec![d("b"), p.clone(), d("a"), d("b")]).expect("valid");
-        assert_eq!(set.nats_subjects(), vec!["deploy.a", "deploy.b", "pavilion.p-7"]);
+        assert_eq!(
+            set.nats_subjects(),
+            vec!["deploy.a", "deploy.b", "pavilion.p-7"]
+        );
         assert_eq!(set.kind_label(), "multi");
         assert_eq!(SubjectSet::one(p).kind_label(), "pavilion");
         assert_eq!(SubjectSet::new(vec![]), Err(InvalidSubjectSet::Empty));
@@ -224,7 +231,17 @@ mod tests {
             ResumePoint::parse("18446744073709551615"),
             Ok(ResumePoint(u64::MAX))
         );
-        for bad in ["", "abc", "-1", "+1", " 1", "1 ", "18446744073709551616", "1e3", "0x10"] {
+        for bad in [
+            "",
+            "abc",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "18446744073709551616",
+            "1e3",
+            "0x10",
+        ] {
             assert_eq!(ResumePoint::parse(bad), Err(InvalidResumePoint), "{bad:?}");
         }
     }

@@ -28,7 +28,13 @@ pub async fn deployment_events(
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    open_stream(state, SubjectSet::one(Subject::deployment(key)), &query, &headers).await
+    open_stream(
+        state,
+        SubjectSet::one(Subject::deployment(key)),
+        &query,
+        &headers,
+    )
+    .await
 }
 
 pub async fn pavilion_events(
@@ -37,7 +43,13 @@ pub async fn pavilion_events(
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    open_stream(state, SubjectSet::one(Subject::pavilion(key)), &query, &headers).await
+    open_stream(
+        state,
+        SubjectSet::one(Subject::pavilion(key)),
+        &query,
+        &headers,
+    )
+    .await
 }
 
 pub async fn multi_events(
@@ -60,10 +72,7 @@ async fn open_stream(
         NotReady::Draining => ApiError::Draining,
         NotReady::Unavailable => ApiError::NotReady("NATS or the stream is unreachable".into()),
     })?;
-    let subscription = state
-        .store
-        .subscribe(&subjects, resume)
-        .await?;
+    let subscription = state.store.subscribe(&subjects, resume).await?;
     tracing::debug!(subjects = ?subjects.nats_subjects(), resume = ?resume, "stream opened");
 
     let mut first = VecDeque::new();
@@ -82,7 +91,10 @@ async fn open_stream(
 
     let mut response = Body::from_stream(body).into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)

@@ -70,9 +70,9 @@ impl QueryPairs {
     pub fn u64_param(&self, key: &str) -> Result<Option<u64>, ApiError> {
         self.get(key)
             .map(|v| {
-                ResumePoint::parse(v)
-                    .map(|p| p.0)
-                    .map_err(|_| ApiError::InvalidQuery(format!("{key} must be an unsigned integer")))
+                ResumePoint::parse(v).map(|p| p.0).map_err(|_| {
+                    ApiError::InvalidQuery(format!("{key} must be an unsigned integer"))
+                })
             })
             .transpose()
     }
@@ -95,10 +95,8 @@ pub fn resume_point(
     let raw = header
         .filter(|v| !v.is_empty())
         .or_else(|| query.get("last_event_id").filter(|v| !v.is_empty()));
-    raw.map(|v| {
-        ResumePoint::parse(v).map_err(|e| ApiError::InvalidLastEventId(e.to_string()))
-    })
-    .transpose()
+    raw.map(|v| ResumePoint::parse(v).map_err(|e| ApiError::InvalidLastEventId(e.to_string())))
+        .transpose()
 }
 
 fn truncate(s: &str) -> String {

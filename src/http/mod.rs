@@ -37,10 +37,19 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1/events", get(events::multi_events))
-        .route("/v1/deployments/{id}/events", get(events::deployment_events))
+        .route(
+            "/v1/deployments/{id}/events",
+            get(events::deployment_events),
+        )
         .route("/v1/pavilions/{id}/events", get(events::pavilion_events))
-        .route("/v1/deployments/{id}/timeline", get(timeline::deployment_timeline))
-        .route("/v1/pavilions/{id}/timeline", get(timeline::pavilion_timeline))
+        .route(
+            "/v1/deployments/{id}/timeline",
+            get(timeline::deployment_timeline),
+        )
+        .route(
+            "/v1/pavilions/{id}/timeline",
+            get(timeline::pavilion_timeline),
+        )
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

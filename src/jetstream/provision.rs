@@ -85,6 +85,9 @@ mod tests {
         assert_eq!(config.max_age, Duration::from_secs(60));
         assert_eq!(config.max_messages_per_subject, 5);
         assert_eq!(config.subjects, stream_definition().subjects);
-        assert_eq!(config.duplicate_window, stream_definition().duplicate_window);
+        assert_eq!(
+            config.duplicate_window,
+            stream_definition().duplicate_window
+        );
     }
 }

@@ -21,39 +21,38 @@ pub struct PublishOutcome {
 }
 
 impl EventStore {
-/// Publishes one event to `subject` and waits for the stream's acknowledgement.
-///
-/// `msg_id` becomes `Nats-Msg-Id`, so retrying with the same id stores the event once.
-pub async fn publish(
-    &self,
-    subject: &Subject,
-    event_type: Option<&str>,
-    msg_id: Option<&str>,
-    payload: Bytes,
-) -> Result<PublishOutcome, StoreError> {
-    let mut headers = HeaderMap::new();
-    if let Some(event_type) = event_type {
-        headers.insert(EVENT_TYPE_HEADER, event_type);
+    /// Publishes one event to `subject` and waits for the stream's acknowledgement.
+    ///
+    /// `msg_id` becomes `Nats-Msg-Id`, so retrying with the same id stores the event once.
+    pub async fn publish(
+        &self,
+        subject: &Subject,
+        event_type: Option<&str>,
+        msg_id: Option<&str>,
+        payload: Bytes,
+    ) -> Result<PublishOutcome, StoreError> {
+        let mut headers = HeaderMap::new();
+        if let Some(event_type) = event_type {
+            headers.insert(EVENT_TYPE_HEADER, event_type);
+        }
+        // `.headers()` replaces the whole map, so it must come before `.message_id()`.
+        let mut message = PublishMessage::build().payload(payload).headers(headers);
+        if let Some(id) = msg_id {
+            message = message.message_id(id);
+        }
+        let ack = tokio::time::timeout(API_TIMEOUT, async {
+            self.js
+                .send_publish(subject.nats_subject(), message)
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        })
+        .await
+        .map_err(StoreError::unavailable)?
+        .map_err(StoreError::unavailable)?;
+        Ok(PublishOutcome {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
     }
-    // `.headers()` replaces the whole map, so it must come before `.message_id()`.
-    let mut message = PublishMessage::build().payload(payload).headers(headers);
-    if let Some(id) = msg_id {
-        message = message.message_id(id);
-    }
-    let ack = tokio::time::timeout(API_TIMEOUT, async {
-        self
-            .js
-            .send_publish(subject.nats_subject(), message)
-            .await?
-            .await
-            .map_err(async_nats::Error::from)
-    })
-    .await
-    .map_err(StoreError::unavailable)?
-    .map_err(StoreError::unavailable)?;
-    Ok(PublishOutcome {
-        sequence: ack.sequence,
-        duplicate: ack.duplicate,
-    })
-}
 }

@@ -68,7 +68,10 @@ impl RelayEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opening {
     /// The resume point is older than the stream retains; delivery continues from what is left.
-    Gap { requested: u64, first_available: u64 },
+    Gap {
+        requested: u64,
+        first_available: u64,
+    },
     /// The resume point is beyond the stream's last sequence (the stream was recreated);
     /// every retained event follows.
     Reset { requested: u64, last_seq: u64 },
