@@ -39,7 +39,7 @@ pub async fn serve(
     let readiness = Arc::new(Readiness::default());
     let wake = Arc::new(Notify::new());
 
-    let client = jetstream::connect(&config, {
+    let store = EventStore::connect(&config, {
         let readiness = readiness.clone();
         let wake = wake.clone();
         move |event| {
@@ -52,7 +52,6 @@ pub async fn serve(
     })
     .await
     .map_err(ServeError::Nats)?;
-    let store = EventStore::new(client, &config.stream);
 
     let manage = config.stream_manage.then(|| config.stream_settings());
     let watcher = tokio::spawn(jetstream::watch_stream(

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use tokio::sync::watch;
 
 pub use connect::{check_server_version, connect, ServerTooOld};
 pub use health::watch_stream;
@@ -48,6 +49,10 @@ impl StoreError {
 #[derive(Clone)]
 pub struct EventStore {
     client: async_nats::Client,
+    /// Counts (re)connections; open feeds re-create their consumers when it changes, because a
+    /// restarted server has lost them (they are in-memory) and waiting for the client library
+    /// to notice takes about 15 s.
+    connections: watch::Receiver<u64>,
     js: jetstream::Context,
     stream_name: Arc<str>,
     replica_id: Arc<str>,
@@ -55,10 +60,40 @@ pub struct EventStore {
 }
 
 impl EventStore {
+    /// Connects (see [`connect`]) and tracks reconnections for the feeds.
+    pub async fn connect<F>(
+        config: &crate::config::Config,
+        on_event: F,
+    ) -> Result<Self, std::io::Error>
+    where
+        F: Fn(async_nats::Event) + Send + Sync + 'static,
+    {
+        let (connections_tx, connections) = watch::channel(0);
+        let client = connect(config, move |event| {
+            if matches!(event, async_nats::Event::Connected) {
+                connections_tx.send_modify(|n| *n += 1);
+            }
+            on_event(event);
+        })
+        .await?;
+        Ok(Self::with_connections(client, &config.stream, connections))
+    }
+
+    /// Wraps an existing client (publishers, tests); its feeds rely on the client library alone
+    /// to recover consumers.
     pub fn new(client: async_nats::Client, stream_name: &str) -> Self {
+        Self::with_connections(client, stream_name, watch::channel(0).1)
+    }
+
+    fn with_connections(
+        client: async_nats::Client,
+        stream_name: &str,
+        connections: watch::Receiver<u64>,
+    ) -> Self {
         let js = jetstream::new(client.clone());
         Self {
             client,
+            connections,
             js,
             stream_name: stream_name.into(),
             replica_id: new_replica_id().into(),

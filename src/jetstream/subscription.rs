@@ -17,7 +17,12 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures::Stream;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
 
 use super::{EventStore, StoreError, API_TIMEOUT, EVENT_TYPE_HEADER};
 use crate::sse::DEFAULT_EVENT;
@@ -97,24 +102,43 @@ impl EventStore {
     ) -> Result<Subscription, StoreError> {
         let state = self.stream_state().await?;
         let (deliver_policy, opening, floor) = plan_start(resume, &state);
+        let filters = subjects.nats_subjects();
+        let (messages, lease) = self.open_consumer(&filters, deliver_policy).await?;
+        Ok(Subscription {
+            opening,
+            feed: EventFeed {
+                state: FeedState::Streaming(Box::new(messages)),
+                lease,
+                floor,
+                reconnected: next_connection(self.connections.clone()),
+                store: self.clone(),
+                filters,
+            },
+        })
+    }
 
+    /// Creates one ordered consumer and checks the server applied its filters. The returned
+    /// lease deletes it when dropped (also when the filter check fails).
+    async fn open_consumer(
+        &self,
+        filters: &[String],
+        deliver_policy: DeliverPolicy,
+    ) -> Result<(Ordered, ConsumerLease), StoreError> {
         let name = format!(
             "{}-{}",
             self.replica_id,
             self.next_consumer
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let filters = subjects.nats_subjects();
         let mut config = OrderedConfig {
             name: Some(name.clone()),
             deliver_policy,
             ..Default::default()
         };
-        match filters.as_slice() {
+        match filters {
             [one] => config.filter_subject = one.clone(),
-            _ => config.filter_subjects = filters.clone(),
+            _ => config.filter_subjects = filters.to_vec(),
         }
-
         let lease = ConsumerLease {
             js: self.js.clone(),
             stream: self.stream_name.to_string(),
@@ -139,18 +163,39 @@ impl EventStore {
         .await
         .map_err(StoreError::unavailable)?
         .map_err(StoreError::unavailable)??;
-        // From here on, dropping the feed deletes the consumer (the lease above does so too if
-        // the filter check failed).
-        Ok(Subscription {
-            opening,
-            feed: EventFeed {
-                messages,
-                floor,
-                lease,
-            },
-        })
+        Ok((messages, lease))
+    }
+
+    /// Opens a consumer again after the last delivered sequence, retrying while NATS is away.
+    async fn reopen(
+        self,
+        filters: Vec<String>,
+        floor: u64,
+    ) -> Result<(Ordered, ConsumerLease), FeedError> {
+        let policy = if floor == 0 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: floor.saturating_add(1),
+            }
+        };
+        let mut delay = Duration::from_millis(100);
+        let mut last_error = String::new();
+        for _ in 0..REOPEN_ATTEMPTS {
+            match self.open_consumer(&filters, policy).await {
+                Ok(opened) => return Ok(opened),
+                Err(err) => last_error = err.to_string(),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        Err(FeedError(last_error))
     }
 }
+
+/// How often a failed consumer is re-created before the stream gives up and the client is left
+/// to reconnect (about a minute).
+const REOPEN_ATTEMPTS: u32 = 35;
 
 /// Where the consumer starts, what to tell the client first, and the highest sequence the
 /// client already has.
@@ -186,22 +231,73 @@ fn plan_start(
 /// The events of one subscription, in stream order, each once.
 pub struct EventFeed {
     // Declared before `lease`: the consumer's pull task stops before the lease deletes it.
-    messages: Ordered,
+    state: FeedState,
+    lease: ConsumerLease,
     /// The highest sequence the client has (resume point or last yielded).
     floor: u64,
-    lease: ConsumerLease,
+    /// Resolves when the NATS client reconnects.
+    reconnected: BoxFuture<'static, ()>,
+    store: EventStore,
+    filters: Vec<String>,
+}
+
+/// Resolves at the next (re)connection after now; never if connections are not tracked.
+fn next_connection(mut connections: watch::Receiver<u64>) -> BoxFuture<'static, ()> {
+    connections.borrow_and_update();
+    Box::pin(async move {
+        if connections.changed().await.is_err() {
+            futures::future::pending::<()>().await;
+        }
+    })
+}
+
+type Reopening = BoxFuture<'static, Result<(Ordered, ConsumerLease), FeedError>>;
+
+enum FeedState {
+    Streaming(Box<Ordered>),
+    /// The ordered consumer surfaced an error instead of recovering (after a NATS restart its
+    /// pull fails with "consumer not found"); a new one is opened after `floor`.
+    Reopening(Reopening),
+    Failed,
 }
 
 impl Stream for EventFeed {
     type Item = Result<RelayEvent, FeedError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.reconnected.poll_unpin(cx).is_ready() {
+            this.reconnected = next_connection(this.store.connections.clone());
+            if matches!(this.state, FeedState::Streaming(_)) {
+                tracing::debug!(floor = this.floor, "NATS reconnected; re-creating consumer");
+                this.reopen();
+            }
+        }
         loop {
-            let message = match Pin::new(&mut self.messages).poll_next(cx) {
+            let messages = match &mut this.state {
+                FeedState::Streaming(messages) => messages,
+                FeedState::Reopening(opening) => match opening.poll_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok((messages, lease))) => {
+                        tracing::info!(floor = this.floor, "consumer re-created");
+                        this.state = FeedState::Streaming(Box::new(messages));
+                        this.lease = lease;
+                        continue;
+                    }
+                    Poll::Ready(Err(err)) => {
+                        this.state = FeedState::Failed;
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                },
+                FeedState::Failed => return Poll::Ready(None),
+            };
+            let message = match messages.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Ready(Some(Err(err))) => {
-                    return Poll::Ready(Some(Err(FeedError(err.to_string()))))
+                    tracing::warn!(error = %err, floor = this.floor, "consumer failed; re-creating it");
+                    this.reopen();
+                    continue;
                 }
                 Poll::Ready(Some(Ok(message))) => message,
             };
@@ -211,15 +307,14 @@ impl Stream for EventFeed {
             };
             let seq = info.stream_sequence;
             let published = info.published;
-            let serial = self.lease.serial_of(info.consumer);
-            if let Some(serial) = serial {
-                self.lease.serial = serial;
+            if let Some(serial) = this.lease.serial_of(info.consumer) {
+                this.lease.serial = serial;
             }
-            if seq <= self.floor {
+            if seq <= this.floor {
                 // A recreated consumer replaying from the start: the client has these.
                 continue;
             }
-            self.floor = seq;
+            this.floor = seq;
             let event = RelayEvent::new(
                 seq,
                 message.subject.as_str(),
@@ -229,6 +324,15 @@ impl Stream for EventFeed {
             );
             return Poll::Ready(Some(Ok(event)));
         }
+    }
+}
+
+impl EventFeed {
+    /// Replaces the consumer with a new one starting after `floor`. Dropping the old consumer
+    /// stream stops its pull task; the new lease replaces (and so deletes) the old one.
+    fn reopen(&mut self) {
+        let reopen = self.store.clone().reopen(self.filters.clone(), self.floor);
+        self.state = FeedState::Reopening(Box::pin(reopen));
     }
 }
 

@@ -1,0 +1,419 @@
+//! The one test harness: real nats-server processes, real relay processes, a real HTTP/SSE
+//! client and a publisher using the relay's own publishing code. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use sse_relay::jetstream::EventStore;
+use sse_relay::sse::{SseEvent, SseItem, SseParser};
+use sse_relay::subject::{Subject, SubjectKey};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::{timeout, Instant};
+
+pub const STREAM: &str = "DEPLOY_EVENTS";
+/// Upper bound for any single wait in these tests; a hang fails fast instead of stalling CI.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/py/bin/nats-server");
+    if tools.is_file() {
+        return tools;
+    }
+    PathBuf::from("nats-server")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn send_signal(child: &Child, signal: libc::c_int) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid as libc::pid_t, signal);
+        }
+    }
+}
+
+/// A nats-server with JetStream on a free loopback port and a temporary store.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    pub store: tempfile::TempDir,
+}
+
+impl Nats {
+    pub async fn start() -> Nats {
+        let store = tempfile::tempdir().expect("temp dir");
+        let mut nats = Nats {
+            child: None,
+            port: free_port(),
+            store,
+        };
+        nats.launch().await;
+        nats
+    }
+
+    async fn launch(&mut self) {
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", nats_server_bin().display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(client) = async_nats::connect(self.url()).await {
+                // JetStream answers once the store is recovered.
+                let js = jetstream::new(client);
+                if js.query_account().await.is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "nats-server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGTERM) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            send_signal(&child, libc::SIGTERM);
+            if timeout(WAIT, child.wait()).await.is_err() {
+                child.kill().await.ok();
+            }
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch().await;
+    }
+
+    pub async fn jetstream(&self) -> jetstream::Context {
+        let client = timeout(WAIT, async_nats::connect(self.url()))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        jetstream::new(client)
+    }
+
+    /// The stream's consumer count, read from the server.
+    pub async fn consumer_count(&self, js: &jetstream::Context) -> usize {
+        let mut stream = js.get_stream(STREAM).await.expect("stream exists");
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .consumer_count
+    }
+
+    /// Polls the server until the consumer count is `want`; panics after `within`.
+    pub async fn wait_consumer_count(
+        &self,
+        js: &jetstream::Context,
+        want: usize,
+        within: Duration,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let count = self.consumer_count(js).await;
+            if count == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "consumer count stayed {count}, expected {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A relay process (`sse-relay serve`) on a free port.
+pub struct Relay {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Relay {
+    /// Starts `serve` and waits until it listens (not until it is ready).
+    pub async fn spawn(nats_url: &str, env: &[(&str, &str)]) -> Relay {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sse-relay"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("RELAY_NATS_URL", nats_url)
+            .env("RELAY_LISTEN", "127.0.0.1:0")
+            .env("RELAY_LOG", "info,async_nats=warn")
+            .env("RELAY_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn sse-relay");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = listening_addr(&line) {
+                    if let Some(tx) = tx.take() {
+                        tx.send(addr).ok();
+                    }
+                }
+                eprintln!("[relay] {line}");
+            }
+        });
+        let addr = timeout(WAIT, rx)
+            .await
+            .expect("relay listening in time")
+            .expect("relay printed its address");
+        Relay { child, addr }
+    }
+
+    /// Starts `serve` and waits until `/readyz` is 200.
+    pub async fn start(nats_url: &str, env: &[(&str, &str)]) -> Relay {
+        let relay = Relay::spawn(nats_url, env).await;
+        relay.wait_ready_status(200).await;
+        relay
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn readyz(&self) -> u16 {
+        match http().get(self.url("/readyz")).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Polls `/readyz` until it answers `status`.
+    pub async fn wait_ready_status(&self, status: u16) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.readyz().await;
+            if got == status {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz stayed {got}, wanted {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn sigkill(&mut self) {
+        send_signal(&self.child, libc::SIGKILL);
+    }
+
+    pub fn sigterm(&self) {
+        send_signal(&self.child, libc::SIGTERM);
+    }
+
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        timeout(WAIT, self.child.wait())
+            .await
+            .expect("relay exited in time")
+            .expect("wait")
+    }
+}
+
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    v.get("addr")?.as_str()?.parse().ok()
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("http client")
+}
+
+/// GET returning status and JSON body.
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let response = http().get(url).send().await.expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    (status, json)
+}
+
+/// A streaming SSE response, parsed.
+pub struct SseClient {
+    response: reqwest::Response,
+    parser: SseParser,
+}
+
+impl SseClient {
+    /// Connects; panics unless the answer is a 200 event stream.
+    pub async fn connect(url: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = timeout(WAIT, request.send())
+            .await
+            .expect("response in time")
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 200, "SSE status for {url}");
+        assert_eq!(
+            response.headers()["content-type"].to_str().ok(),
+            Some("text/event-stream")
+        );
+        SseClient {
+            response,
+            parser: SseParser::new(),
+        }
+    }
+
+    /// The next frame, or `None` when the stream ended.
+    pub async fn next_item(&mut self) -> Option<SseItem> {
+        loop {
+            if let Some(item) = self.parser.next_item() {
+                return Some(item);
+            }
+            let chunk = timeout(WAIT, self.response.chunk())
+                .await
+                .expect("SSE frame in time");
+            match chunk {
+                Ok(Some(bytes)) => self.parser.feed(&bytes),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next event (retry advice and comments skipped); panics if the stream ends.
+    pub async fn next_event(&mut self) -> SseEvent {
+        loop {
+            match self.next_item().await.expect("stream ended early") {
+                SseItem::Event(event) => return event,
+                SseItem::Retry(_) | SseItem::Comment(_) => continue,
+            }
+        }
+    }
+
+    pub async fn events(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next_event().await);
+        }
+        out
+    }
+}
+
+/// Publishes through the relay's own publishing code, as a pipeline worker would.
+pub struct Publisher {
+    store: EventStore,
+}
+
+impl Publisher {
+    pub async fn connect(nats_url: &str) -> Publisher {
+        let client = timeout(WAIT, async_nats::connect(nats_url))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Publisher {
+            store: EventStore::new(client, STREAM),
+        }
+    }
+
+    /// Publishes `payload` to `deploy.<id>` with event type `stage`; returns the sequence.
+    pub async fn deploy(&self, id: &str, payload: &str) -> u64 {
+        self.publish(&deployment(id), payload, None).await
+    }
+
+    pub async fn publish(&self, subject: &Subject, payload: &str, msg_id: Option<&str>) -> u64 {
+        self.store
+            .publish(
+                subject,
+                Some("stage"),
+                msg_id,
+                Bytes::from(payload.to_owned()),
+            )
+            .await
+            .expect("publish")
+            .sequence
+    }
+
+    /// Keeps retrying with the same message id until JetStream acknowledges (NATS may be down).
+    pub async fn publish_until_acked(&self, subject: &Subject, payload: &str, msg_id: &str) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self
+                .store
+                .publish(
+                    subject,
+                    Some("stage"),
+                    Some(msg_id),
+                    Bytes::from(payload.to_owned()),
+                )
+                .await
+            {
+                Ok(ack) => return ack.sequence,
+                Err(_) => {
+                    assert!(Instant::now() < deadline, "publish never acknowledged");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+pub fn deployment(id: &str) -> Subject {
+    Subject::deployment(SubjectKey::parse(id).expect("valid id"))
+}
+
+pub fn pavilion(id: &str) -> Subject {
+    Subject::pavilion(SubjectKey::parse(id).expect("valid id"))
+}
+
+/// The ids of events that carry one, as numbers.
+pub fn ids(events: &[SseEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| e.id.as_deref())
+        .map(|id| id.parse().expect("numeric id"))
+        .collect()
+}
