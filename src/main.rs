@@ -11,13 +11,17 @@ use sse_relay::{demo, publish, server, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::from_env() {
+    let mut config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
             eprintln!("sse-relay: configuration error: {err}");
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Command::Publish(_)) && std::env::var_os("RELAY_LOG").is_none() {
+        // A command-line tool stays quiet unless asked: stdout carries its JSON line.
+        config.log = "warn".to_owned();
+    }
     if let Err(err) = telemetry::init(&config.log, config.log_format) {
         eprintln!("sse-relay: configuration error: {err}");
         return ExitCode::from(2);

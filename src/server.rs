@@ -29,11 +29,11 @@ pub enum ServeError {
 }
 
 /// Serves until `shutdown` is cancelled, then lets open streams end and returns.
-/// `on_listening` is told the bound address (useful with port 0).
+/// `on_ready` is told the bound address (useful with port 0) the first time the replica is ready.
 pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
-    on_listening: impl FnOnce(std::net::SocketAddr),
+    on_ready: impl FnOnce(std::net::SocketAddr) + Send + 'static,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
@@ -70,7 +70,19 @@ pub async fn serve(
         })?;
     let local = listener.local_addr().map_err(ServeError::Http)?;
     tracing::info!(addr = %local, replica = store.replica_id(), "listening");
-    on_listening(local);
+    tokio::spawn({
+        let readiness = readiness.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            while readiness.check().is_err() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+                }
+            }
+            on_ready(local);
+        }
+    });
 
     let state = AppState {
         config: config.clone(),

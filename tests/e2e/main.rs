@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod consumer_debt;
 mod delivery;
+mod demo;
 mod failover;
 mod nats_restart;
 mod resume;
