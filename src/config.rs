@@ -62,6 +62,10 @@ pub struct Config {
     pub retry: Duration,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// A connection whose writes make no progress this long (a client that stopped reading)
+    /// is closed.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     pub auth: AuthMode,
     pub jwt_secret: Option<String>,
     pub jwt_public_key_file: Option<PathBuf>,
@@ -91,6 +95,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(25),
             retry: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(20),
+            write_timeout: Duration::from_secs(30),
             auth: AuthMode::None,
             jwt_secret: None,
             jwt_public_key_file: None,
@@ -153,6 +158,7 @@ impl Config {
         nonzero("RELAY_HEARTBEAT", self.heartbeat)?;
         nonzero("RELAY_RETRY", self.retry)?;
         nonzero("RELAY_DRAIN_TIMEOUT", self.drain_timeout)?;
+        nonzero("RELAY_WRITE_TIMEOUT", self.write_timeout)?;
         if self.nats_urls().is_empty() {
             return Err(ConfigError::new("RELAY_NATS_URL", "no NATS URL given"));
         }

@@ -3,6 +3,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use metrics::gauge;
+
+use crate::telemetry::metrics::{DRAINING, NATS_CONNECTED};
+
 #[derive(Debug, Default)]
 pub struct Readiness {
     nats_connected: AtomicBool,
@@ -22,6 +26,7 @@ pub enum NotReady {
 impl Readiness {
     pub fn set_nats_connected(&self, connected: bool) {
         self.nats_connected.store(connected, Ordering::Relaxed);
+        gauge!(NATS_CONNECTED).set(if connected { 1.0 } else { 0.0 });
         if !connected {
             self.stream_reachable.store(false, Ordering::Relaxed);
         }
@@ -33,6 +38,7 @@ impl Readiness {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        gauge!(DRAINING).set(1.0);
     }
 
     pub fn nats_connected(&self) -> bool {

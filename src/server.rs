@@ -1,16 +1,25 @@
-//! Runs one relay replica: NATS connection, stream watcher, HTTP server, shutdown.
+//! Runs one relay replica: NATS connection, stream watcher, HTTP server, and the drain that ends
+//! it.
+//!
+//! Drain (on `shutdown`): `/readyz` turns 503 and new streams get `503 draining` at once; each
+//! open stream receives `relay.drain` and a jittered `retry:` at a random moment within three
+//! quarters of `RELAY_DRAIN_TIMEOUT`, then closes; once all are closed (or the time is up) the
+//! HTTP server stops, the consumers' deletions are awaited, and `serve` returns.
 
 use std::future::IntoFuture;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::http::{router, AppState};
+use crate::config::{Config, ConfigError};
+use crate::http::{router, AppState, StallGuardedListener};
 use crate::jetstream::{self, EventStore, ServerTooOld};
 use crate::readiness::Readiness;
+use crate::telemetry::metrics;
 
 /// Why a replica stopped other than by being asked to.
 #[derive(Debug, thiserror::Error)]
@@ -22,21 +31,25 @@ pub enum ServeError {
     },
     #[error("NATS connection options: {0}")]
     Nats(std::io::Error),
+    #[error("configuration error: {0}")]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     ServerTooOld(#[from] ServerTooOld),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
 }
 
-/// Serves until `shutdown` is cancelled, then lets open streams end and returns.
+/// Serves until `shutdown` is cancelled, then drains and returns.
 /// `on_ready` is told the bound address (useful with port 0) the first time the replica is ready.
 pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(std::net::SocketAddr) + Send + 'static,
 ) -> Result<(), ServeError> {
+    metrics::install();
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
+    readiness.set_nats_connected(false);
     let wake = Arc::new(Notify::new());
 
     let store = EventStore::connect(&config, {
@@ -52,14 +65,22 @@ pub async fn serve(
     })
     .await
     .map_err(ServeError::Nats)?;
-
-    let manage = config.stream_manage.then(|| config.stream_settings());
-    let watcher = tokio::spawn(jetstream::watch_stream(
+    let draining = CancellationToken::new();
+    let state = AppState::new(
+        config.clone(),
         store.clone(),
-        manage,
+        readiness.clone(),
+        draining.clone(),
+    )?;
+    let limits = state.limits.clone();
+
+    let watcher_stop = CancellationToken::new();
+    let mut watcher = tokio::spawn(jetstream::watch_stream(
+        store.clone(),
+        config.stream_manage.then(|| config.stream_settings()),
         readiness.clone(),
         wake,
-        shutdown.clone(),
+        watcher_stop.clone(),
     ));
 
     let listener = TcpListener::bind(config.listen)
@@ -70,43 +91,59 @@ pub async fn serve(
         })?;
     let local = listener.local_addr().map_err(ServeError::Http)?;
     tracing::info!(addr = %local, replica = store.replica_id(), "listening");
-    tokio::spawn({
-        let readiness = readiness.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            while readiness.check().is_err() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
-                }
-            }
-            on_ready(local);
-        }
-    });
+    tokio::spawn(announce_when_ready(
+        readiness.clone(),
+        shutdown.clone(),
+        local,
+        on_ready,
+    ));
 
-    let state = AppState {
-        config: config.clone(),
-        store,
-        readiness: readiness.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let app = router(state);
-    let server = axum::serve(listener, app).with_graceful_shutdown({
-        let shutdown = shutdown.clone();
-        let readiness = readiness.clone();
-        async move {
-            shutdown.cancelled().await;
-            readiness.start_draining();
-            tracing::info!("shutting down");
-        }
-    });
-
-    let server = server.into_future();
+    let stop_http = CancellationToken::new();
+    let listener = StallGuardedListener::new(listener, config.write_timeout);
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+        .into_future();
     tokio::pin!(server);
+
     tokio::select! {
-        result = &mut server => result.map_err(ServeError::Http),
-        // The watcher only returns early for a server the relay must not use; on shutdown
-        // it returns Ok and the server finishes draining.
-        Ok(Err(too_old)) = watcher => Err(ServeError::ServerTooOld(too_old)),
+        result = &mut server => return result.map_err(ServeError::Http),
+        // The watcher only returns early for a server the relay must not use.
+        Ok(Err(too_old)) = &mut watcher => return Err(ServeError::ServerTooOld(too_old)),
+        _ = shutdown.cancelled() => {}
     }
+
+    let deadline = Instant::now() + config.drain_timeout;
+    readiness.start_draining();
+    draining.cancel();
+    tracing::info!(open = limits.active(), timeout = ?config.drain_timeout, "draining");
+    // Streams close themselves, spread over three quarters of the timeout.
+    let streams_deadline = deadline - config.drain_timeout / 8;
+    while limits.active() > 0 && Instant::now() < streams_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_http.cancel();
+    watcher_stop.cancel();
+    match tokio::time::timeout_at(deadline, &mut server).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "HTTP server ended with an error"),
+        Err(_) => tracing::warn!(open = limits.active(), "drain timeout reached"),
+    }
+    store.finish_deletions(deadline).await;
+    tracing::info!("drained");
+    Ok(())
+}
+
+async fn announce_when_ready(
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+    local: std::net::SocketAddr,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) {
+    while readiness.check().is_err() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    on_ready(local);
 }

@@ -8,6 +8,8 @@ use crate::jetstream::StoreError;
 
 /// Seconds a client is told to wait after a 503.
 const RETRY_AFTER_UNAVAILABLE: &str = "2";
+/// Seconds a client refused by a connection limit is told to wait (polling meanwhile).
+const RETRY_AFTER_LIMIT: &str = "5";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -17,10 +19,29 @@ pub enum ApiError {
     InvalidLastEventId(String),
     #[error("{0}")]
     InvalidQuery(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{message}")]
+    TooManyConnections {
+        /// `limit` (per replica) or `key_limit` (per subject): the metrics label.
+        reason: &'static str,
+        message: String,
+        /// The timeline URL to poll instead.
+        poll: String,
+    },
     #[error("NATS JetStream is not available: {0}")]
     NotReady(String),
     #[error("this replica is shutting down; reconnect")]
     Draining,
+    #[error("{what} too large")]
+    TooLarge {
+        status: StatusCode,
+        what: &'static str,
+    },
+    #[error("the request took too long")]
+    Timeout,
     #[error("no such resource")]
     NotFound,
     #[error("method not allowed")]
@@ -33,6 +54,8 @@ pub enum ApiError {
 struct ErrorBody<'a> {
     error: &'a str,
     message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    poll: Option<&'a str>,
 }
 
 impl ApiError {
@@ -41,7 +64,12 @@ impl ApiError {
             ApiError::InvalidId(_)
             | ApiError::InvalidLastEventId(_)
             | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady(_) | ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooLarge { status, .. } => *status,
+            ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -54,8 +82,13 @@ impl ApiError {
             ApiError::InvalidId(_) => "invalid_id",
             ApiError::InvalidLastEventId(_) => "invalid_last_event_id",
             ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooManyConnections { .. } => "too_many_connections",
             ApiError::NotReady(_) => "not_ready",
             ApiError::Draining => "draining",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::Timeout => "timeout",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Internal => "internal",
@@ -65,16 +98,25 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let poll = match &self {
+            ApiError::TooManyConnections { poll, .. } => Some(poll.as_str()),
+            _ => None,
+        };
         let body = ErrorBody {
             error: self.code(),
             message: self.to_string(),
+            poll,
         };
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE),
-            );
+        let retry_after = match self.status() {
+            StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_UNAVAILABLE),
+            StatusCode::TOO_MANY_REQUESTS => Some(RETRY_AFTER_LIMIT),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
         }
         response
     }

@@ -10,17 +10,22 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::extract::{resume_point, PathKey, QueryPairs};
+use super::limits::{ConnectionPermit, LimitExceeded};
 use super::AppState;
-use crate::jetstream::{EventFeed, Opening};
+use crate::jetstream::{EventFeed, Opening, RelayEvent, Subscription};
 use crate::readiness::NotReady;
 use crate::sse;
-use crate::subject::{Subject, SubjectSet};
+use crate::subject::{ResumePoint, Subject, SubjectSet};
+use crate::telemetry::metrics::{
+    CONNECTIONS, CONNECTIONS_REJECTED, DELIVERY_LAG, EVENTS_DELIVERED, RESUMES,
+};
 
 pub async fn deployment_events(
     State(state): State<AppState>,
@@ -68,11 +73,15 @@ async fn open_stream(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let resume = resume_point(headers, query)?;
-    state.readiness.check().map_err(|why| match why {
-        NotReady::Draining => ApiError::Draining,
-        NotReady::Unavailable => ApiError::NotReady("NATS or the stream is unreachable".into()),
+    let opened = admit_and_subscribe(&state, &subjects, query, headers, resume).await;
+    let (permit, subscription) = opened.inspect_err(|err| {
+        if let Some(reason) = rejection_reason(err) {
+            counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
+        }
     })?;
-    let subscription = state.store.subscribe(&subjects, resume).await?;
+    if resume.is_some() {
+        counter!(RESUMES).increment(1);
+    }
     tracing::debug!(subjects = ?subjects.nats_subjects(), resume = ?resume, "stream opened");
 
     let mut first = VecDeque::new();
@@ -80,12 +89,19 @@ async fn open_stream(
     if let Some(opening) = subscription.opening {
         first.push_back(opening_frame(opening));
     }
+    let drain_delay = state.drain_spread.mul_f64(rand::random::<f64>());
+    let drain = state
+        .draining
+        .clone()
+        .cancelled_owned()
+        .then(move |()| tokio::time::sleep(drain_delay));
     let body = FrameStream {
         first,
         feed: subscription.feed,
         heartbeat: state.config.heartbeat,
         retry: state.config.retry,
-        shutdown: state.shutdown.clone(),
+        drain: Box::pin(drain),
+        open: OpenConnection::new(permit, subjects.kind_label()),
     }
     .into_stream();
 
@@ -98,6 +114,55 @@ async fn open_stream(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// Auth, readiness and limits, in that order, then the consumer: a refused request never
+/// touches NATS, and the permit is taken before the consumer is created.
+async fn admit_and_subscribe(
+    state: &AppState,
+    subjects: &SubjectSet,
+    query: &QueryPairs,
+    headers: &HeaderMap,
+    resume: Option<ResumePoint>,
+) -> Result<(ConnectionPermit, Subscription), ApiError> {
+    state.authorizer.authorize(headers, query, subjects)?;
+    state.readiness.check().map_err(|why| match why {
+        NotReady::Draining => ApiError::Draining,
+        NotReady::Unavailable => ApiError::NotReady("NATS or the stream is unreachable".into()),
+    })?;
+    let permit = state.limits.acquire(subjects).map_err(|over| {
+        let (reason, message, subject) = match over {
+            LimitExceeded::Replica => (
+                "limit",
+                "this replica holds its maximum of connections".to_owned(),
+                subjects.subjects()[0].clone(),
+            ),
+            LimitExceeded::Key(subject) => (
+                "key_limit",
+                format!("too many connections for {subject} on this replica"),
+                subject,
+            ),
+        };
+        let after = resume.map_or(0, |r| r.0);
+        ApiError::TooManyConnections {
+            reason,
+            message: format!("{message}; poll the timeline meanwhile"),
+            poll: format!("{}?after={after}", subject.timeline_path()),
+        }
+    })?;
+    let subscription = state.store.subscribe(subjects, resume).await?;
+    Ok((permit, subscription))
+}
+
+fn rejection_reason(err: &ApiError) -> Option<&'static str> {
+    Some(match err {
+        ApiError::TooManyConnections { reason, .. } => reason,
+        ApiError::NotReady(_) => "not_ready",
+        ApiError::Draining => "draining",
+        ApiError::Unauthorized(_) => "unauthorized",
+        ApiError::Forbidden(_) => "forbidden",
+        _ => return None,
+    })
 }
 
 fn opening_frame(opening: Opening) -> Bytes {
@@ -120,14 +185,51 @@ fn opening_frame(opening: Opening) -> Bytes {
     }
 }
 
+/// What an open connection holds besides its feed: its limit slots and its place in the
+/// connection gauge. Dropped with the body, however the stream ends.
+struct OpenConnection {
+    _permit: ConnectionPermit,
+    gauge: Gauge,
+    delivered: Counter,
+    lag: Histogram,
+}
+
+impl OpenConnection {
+    fn new(permit: ConnectionPermit, kind: &'static str) -> Self {
+        let gauge = gauge!(CONNECTIONS, "kind" => kind);
+        gauge.increment(1.0);
+        Self {
+            _permit: permit,
+            gauge,
+            delivered: counter!(EVENTS_DELIVERED),
+            lag: histogram!(DELIVERY_LAG),
+        }
+    }
+
+    fn record_delivery(&self, event: &RelayEvent) {
+        self.delivered.increment(1);
+        let lag = time::OffsetDateTime::now_utc() - event.published;
+        self.lag.record(lag.as_seconds_f64().max(0.0));
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
+}
+
 /// The body of one SSE response: opening frames, then events with heartbeats while idle, ending
-/// when the consumer fails (the client reconnects with its Last-Event-ID) or the relay shuts down.
+/// when the consumer fails for good (the client reconnects with its Last-Event-ID) or when this
+/// connection's turn in the drain comes.
 struct FrameStream {
     first: VecDeque<Bytes>,
     feed: EventFeed,
     heartbeat: Duration,
     retry: Duration,
-    shutdown: CancellationToken,
+    /// Resolves at this connection's (randomly spread) moment in a drain.
+    drain: BoxFuture<'static, ()>,
+    open: OpenConnection,
 }
 
 struct Running {
@@ -153,14 +255,15 @@ impl FrameStream {
             }
             let frame = tokio::select! {
                 biased;
-                _ = run.stream.shutdown.cancelled() => {
+                _ = &mut run.stream.drain => {
                     run.done = true;
-                    let mut frame = sse::control_frame("relay.drain", r#"{"reason":"shutdown"}"#).to_vec();
-                    frame.extend_from_slice(&sse::retry_frame(sse::jittered_retry_ms(run.stream.retry)));
-                    Bytes::from(frame)
+                    drain_frame(run.stream.retry)
                 }
                 item = run.stream.feed.next() => match item {
-                    Some(Ok(event)) => sse::event_frame(event.seq, &event.event_type, &event.payload),
+                    Some(Ok(event)) => {
+                        run.stream.open.record_delivery(&event);
+                        sse::event_frame(event.seq, &event.event_type, &event.payload)
+                    }
                     Some(Err(err)) => {
                         tracing::warn!(error = %err, "ending stream; the client will resume");
                         return None;
@@ -174,4 +277,16 @@ impl FrameStream {
             Some((Ok(frame), run))
         })
     }
+}
+
+/// `relay.drain`, then a jittered `retry:` so drained clients do not return as one herd.
+fn drain_frame(retry: Duration) -> Bytes {
+    let retry_ms = sse::jittered_retry_ms(retry);
+    let mut frame = sse::control_frame(
+        "relay.drain",
+        &serde_json::json!({"reason": "shutdown", "retry_ms": retry_ms}).to_string(),
+    )
+    .to_vec();
+    frame.extend_from_slice(&sse::retry_frame(retry_ms));
+    Bytes::from(frame)
 }

@@ -1,23 +1,34 @@
-//! HTTP: routing, request validation, SSE and timeline handlers, health. Handlers are thin; the
-//! JetStream work lives in [`crate::jetstream`], the wire format in [`crate::sse`].
+//! HTTP: routing, request validation, auth, limits, SSE and timeline handlers, health and
+//! metrics. Handlers are thin; JetStream work lives in [`crate::jetstream`], the wire format in
+//! [`crate::sse`].
 
+mod auth;
 mod board;
 mod error;
 mod events;
 mod extract;
 mod health;
+mod limits;
+mod middleware;
+mod stall;
 mod timeline;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::http::{Method, Uri};
+use axum::http::{header, HeaderName, HeaderValue, Method, Uri};
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
+pub use auth::subject_matches;
 pub use error::ApiError;
+pub use limits::ConnectionLimits;
+pub use stall::StallGuardedListener;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::jetstream::EventStore;
 use crate::readiness::Readiness;
 
@@ -27,21 +38,48 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: EventStore,
     pub readiness: Arc<Readiness>,
-    /// Cancelled when the replica shuts down: every open stream ends on it.
-    pub shutdown: CancellationToken,
+    pub limits: Arc<ConnectionLimits>,
+    pub authorizer: Arc<auth::Authorizer>,
+    /// Cancelled when the replica starts draining: each stream then closes at a random moment
+    /// within `drain_spread`.
+    pub draining: CancellationToken,
+    pub drain_spread: Duration,
+}
+
+impl AppState {
+    pub fn new(
+        config: Arc<Config>,
+        store: EventStore,
+        readiness: Arc<Readiness>,
+        draining: CancellationToken,
+    ) -> Result<Self, ConfigError> {
+        let authorizer = Arc::new(auth::Authorizer::from_config(&config)?);
+        Ok(Self {
+            limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_key),
+            // Three quarters of the drain timeout: the rest is for closing and deleting consumers.
+            drain_spread: config.drain_timeout.mul_f64(0.75),
+            config,
+            store,
+            readiness,
+            authorizer,
+            draining,
+        })
+    }
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(board::board))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    let streams = Router::new()
         .route("/v1/events", get(events::multi_events))
         .route(
             "/v1/deployments/{id}/events",
             get(events::deployment_events),
         )
-        .route("/v1/pavilions/{id}/events", get(events::pavilion_events))
+        .route("/v1/pavilions/{id}/events", get(events::pavilion_events));
+    let requests = Router::new()
+        .route("/", get(board::board))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .route(
             "/v1/deployments/{id}/timeline",
             get(timeline::deployment_timeline),
@@ -50,9 +88,44 @@ pub fn router(state: AppState) -> Router {
             "/v1/pavilions/{id}/timeline",
             get(timeline::pavilion_timeline),
         )
+        .layer(axum::middleware::from_fn(middleware::request_timeout));
+    let cors = cors_layer(&state.config.cors_origins());
+    let mut app = streams
+        .merge(requests)
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(middleware::count_requests));
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    app.layer(axum::middleware::from_fn(middleware::limit_sizes))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
         .with_state(state)
+}
+
+/// Cross-origin access for the listed origins only, with credentials (cookies carry tokens).
+/// No origins: no CORS headers, so browsers allow same-origin use only.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+            .allow_methods([Method::GET])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CACHE_CONTROL,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// Unknown paths are 404, except an API path whose id segment is empty or contains a `/`

@@ -1,13 +1,14 @@
 //! `GET /v1/{deployments|pavilions}/{id}/timeline?after=&limit=`: the polling fallback.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
 
 use super::error::ApiError;
 use super::extract::{PathKey, QueryPairs};
 use super::AppState;
 use crate::jetstream::TimelinePage;
-use crate::subject::Subject;
+use crate::subject::{Subject, SubjectSet};
 
 /// Events per page unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -18,22 +19,25 @@ pub async fn deployment_timeline(
     State(state): State<AppState>,
     PathKey(key): PathKey,
     query: QueryPairs,
+    headers: HeaderMap,
 ) -> Result<Json<TimelinePage>, ApiError> {
-    page(state, Subject::deployment(key), query).await
+    page(state, Subject::deployment(key), query, headers).await
 }
 
 pub async fn pavilion_timeline(
     State(state): State<AppState>,
     PathKey(key): PathKey,
     query: QueryPairs,
+    headers: HeaderMap,
 ) -> Result<Json<TimelinePage>, ApiError> {
-    page(state, Subject::pavilion(key), query).await
+    page(state, Subject::pavilion(key), query, headers).await
 }
 
 async fn page(
     state: AppState,
     subject: Subject,
     query: QueryPairs,
+    headers: HeaderMap,
 ) -> Result<Json<TimelinePage>, ApiError> {
     let after = query.u64_param("after")?.unwrap_or(0);
     let limit = match query.u64_param("limit")? {
@@ -45,6 +49,9 @@ async fn page(
             )))
         }
     };
+    state
+        .authorizer
+        .authorize(&headers, &query, &SubjectSet::one(subject.clone()))?;
     if !state.readiness.nats_connected() {
         return Err(ApiError::NotReady("NATS is disconnected".into()));
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 pub use connect::{check_server_version, connect, ServerTooOld};
 pub use health::watch_stream;
@@ -57,6 +58,8 @@ pub struct EventStore {
     stream_name: Arc<str>,
     replica_id: Arc<str>,
     next_consumer: Arc<AtomicU64>,
+    /// Consumer deletions in flight, awaited at shutdown.
+    deletions: TaskTracker,
 }
 
 impl EventStore {
@@ -98,6 +101,7 @@ impl EventStore {
             stream_name: stream_name.into(),
             replica_id: new_replica_id().into(),
             next_consumer: Arc::new(AtomicU64::new(1)),
+            deletions: TaskTracker::new(),
         }
     }
 
@@ -117,6 +121,20 @@ impl EventStore {
     /// Whether the client is connected to a server right now.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Waits (at most until `deadline`) for the deletions of consumers whose clients left.
+    pub async fn finish_deletions(&self, deadline: tokio::time::Instant) {
+        self.deletions.close();
+        if tokio::time::timeout_at(deadline, self.deletions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = self.deletions.len(),
+                "consumer deletions still pending; their inactivity threshold will remove them"
+            );
+        }
     }
 
     /// The stream's current state (one API request), or why it cannot be had.

@@ -22,11 +22,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use futures::{Stream, StreamExt};
+use metrics::counter;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use super::{EventStore, StoreError, API_TIMEOUT, EVENT_TYPE_HEADER};
 use crate::sse::DEFAULT_EVENT;
 use crate::subject::{ResumePoint, SubjectSet};
+use crate::telemetry::metrics::{CONSUMERS_CREATED, CONSUMERS_DELETED};
 
 /// One stored message, as the relay forwards it.
 #[derive(Debug, Clone)]
@@ -141,6 +144,7 @@ impl EventStore {
         }
         let lease = ConsumerLease {
             js: self.js.clone(),
+            deletions: self.deletions.clone(),
             stream: self.stream_name.to_string(),
             name_prefix: name,
             serial: 0,
@@ -163,6 +167,7 @@ impl EventStore {
         .await
         .map_err(StoreError::unavailable)?
         .map_err(StoreError::unavailable)??;
+        counter!(CONSUMERS_CREATED).increment(1);
         Ok((messages, lease))
     }
 
@@ -339,6 +344,7 @@ impl EventFeed {
 /// Owns the server-side consumer of one subscription and deletes it when dropped.
 struct ConsumerLease {
     js: jetstream::Context,
+    deletions: TaskTracker,
     stream: String,
     /// The first consumer's name; recreations are `<prefix>_<n>`.
     name_prefix: String,
@@ -377,7 +383,7 @@ impl Drop for ConsumerLease {
         let names: Vec<String> = (self.serial..=self.serial + RECREATIONS_TO_PROBE)
             .map(|serial| self.name(serial))
             .collect();
-        runtime.spawn(async move {
+        self.deletions.spawn_on(async move {
             // The live consumer is the last seen or a later recreation; earlier ones were
             // deleted by the recreation itself. Stop at the first that exists.
             for name in names {
@@ -388,6 +394,7 @@ impl Drop for ConsumerLease {
                 .await
                 {
                     Ok(Ok(_)) => {
+                        counter!(CONSUMERS_DELETED).increment(1);
                         tracing::debug!(consumer = %name, "consumer deleted");
                         return;
                     }
@@ -402,7 +409,7 @@ impl Drop for ConsumerLease {
                     }
                 }
             }
-        });
+        }, &runtime);
     }
 }
 

@@ -1,5 +1,8 @@
-//! Logging: a `tracing` subscriber writing JSON or pretty lines to stderr, filtered by
-//! `RELAY_LOG`. (stdout is kept for command output such as `publish`'s JSON line.)
+//! Telemetry: logs (a `tracing` subscriber writing JSON or pretty lines to stderr, filtered by
+//! `RELAY_LOG`; stdout is kept for command output such as `publish`'s JSON line) and Prometheus
+//! metrics ([`metrics`]).
+
+pub mod metrics;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;

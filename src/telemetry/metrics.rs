@@ -1,0 +1,97 @@
+//! Prometheus metrics (contract §8), through the `metrics` facade so the modules that count do
+//! not depend on the exporter. Hot-path handles are resolved once per connection.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS: &str = "relay_connections";
+pub const CONNECTIONS_REJECTED: &str = "relay_connections_rejected_total";
+pub const EVENTS_DELIVERED: &str = "relay_events_delivered_total";
+pub const RESUMES: &str = "relay_resumes_total";
+pub const CONSUMERS_CREATED: &str = "relay_consumers_created_total";
+pub const CONSUMERS_DELETED: &str = "relay_consumers_deleted_total";
+pub const DELIVERY_LAG: &str = "relay_delivery_lag_seconds";
+pub const NATS_CONNECTED: &str = "relay_nats_connected";
+pub const DRAINING: &str = "relay_draining";
+pub const HTTP_REQUESTS: &str = "relay_http_requests_total";
+
+/// Delivery lag buckets: from a millisecond (live events) to minutes (a replayed backlog).
+const LAG_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once) and registers every series at zero, so a scrape
+/// shows the full set from the start.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DELIVERY_LAG.to_owned()), LAG_BUCKETS)
+            // Only an empty bucket list fails, which LAG_BUCKETS is not.
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed");
+        }
+        describe();
+        handle
+    })
+}
+
+/// The Prometheus text exposition.
+pub fn render() -> String {
+    install().render()
+}
+
+fn describe() {
+    describe_gauge!(
+        CONNECTIONS,
+        "Open SSE connections, by kind (deployment, pavilion, multi)"
+    );
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "SSE requests refused, by reason (limit, key_limit, not_ready, draining, unauthorized, forbidden)"
+    );
+    describe_counter!(EVENTS_DELIVERED, "Events written to SSE clients");
+    describe_counter!(RESUMES, "SSE connections opened with a resume point");
+    describe_counter!(
+        CONSUMERS_CREATED,
+        "Ordered consumers created (including re-creations)"
+    );
+    describe_counter!(CONSUMERS_DELETED, "Ordered consumers deleted by the relay");
+    describe_histogram!(
+        DELIVERY_LAG,
+        Unit::Seconds,
+        "Now minus the message's JetStream timestamp, at delivery"
+    );
+    describe_gauge!(NATS_CONNECTED, "1 while connected to NATS");
+    describe_gauge!(DRAINING, "1 while the replica drains for shutdown");
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
+    for kind in ["deployment", "pavilion", "multi"] {
+        gauge!(CONNECTIONS, "kind" => kind).set(0.0);
+    }
+    for reason in [
+        "limit",
+        "key_limit",
+        "not_ready",
+        "draining",
+        "unauthorized",
+        "forbidden",
+    ] {
+        counter!(CONNECTIONS_REJECTED, "reason" => reason).absolute(0);
+    }
+    for name in [
+        EVENTS_DELIVERED,
+        RESUMES,
+        CONSUMERS_CREATED,
+        CONSUMERS_DELETED,
+    ] {
+        counter!(name).absolute(0);
+    }
+    gauge!(NATS_CONNECTED).set(0.0);
+    gauge!(DRAINING).set(0.0);
+}
