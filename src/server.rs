@@ -100,13 +100,20 @@ pub async fn serve(
 
     let stop_http = CancellationToken::new();
     let listener = StallGuardedListener::new(listener, config.write_timeout);
-    let server = axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-        .into_future();
-    tokio::pin!(server);
+    // Its own task: it must keep accepting (and refusing with 503) while the drain runs.
+    let mut server = tokio::spawn(
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+            .into_future(),
+    );
 
     tokio::select! {
-        result = &mut server => return result.map_err(ServeError::Http),
+        result = &mut server => {
+            return match result {
+                Ok(result) => result.map_err(ServeError::Http),
+                Err(join) => Err(ServeError::Http(std::io::Error::other(join))),
+            };
+        }
         // The watcher only returns early for a server the relay must not use.
         Ok(Err(too_old)) = &mut watcher => return Err(ServeError::ServerTooOld(too_old)),
         _ = shutdown.cancelled() => {}
@@ -124,8 +131,9 @@ pub async fn serve(
     stop_http.cancel();
     watcher_stop.cancel();
     match tokio::time::timeout_at(deadline, &mut server).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::warn!(error = %err, "HTTP server ended with an error"),
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::warn!(error = %err, "HTTP server ended with an error"),
+        Ok(Err(err)) => tracing::warn!(error = %err, "HTTP server task failed"),
         Err(_) => tracing::warn!(open = limits.active(), "drain timeout reached"),
     }
     store.finish_deletions(deadline).await;

@@ -136,6 +136,7 @@ impl EventStore {
         let mut config = OrderedConfig {
             name: Some(name.clone()),
             deliver_policy,
+            max_batch: PULL_BATCH,
             ..Default::default()
         };
         match filters {
@@ -197,6 +198,10 @@ impl EventStore {
         Err(FeedError(last_error))
     }
 }
+
+/// Messages one consumer pulls at a time: the most the relay buffers for a client that has
+/// stopped reading (JetStream keeps the rest).
+const PULL_BATCH: i64 = 100;
 
 /// How often a failed consumer is re-created before the stream gives up and the client is left
 /// to reconnect (about a minute).

@@ -3,12 +3,18 @@
 
 mod support;
 
+mod auth;
 mod bad_input;
 mod cli;
 mod consumer_debt;
 mod delivery;
 mod demo;
+mod drain;
 mod failover;
+mod fuzz;
+mod limits;
+mod metrics;
 mod nats_restart;
 mod resume;
+mod slow_client;
 mod timeline;

@@ -240,6 +240,29 @@ impl Relay {
         }
     }
 
+    /// Resident memory of the relay process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     pub fn sigkill(&mut self) {
         send_signal(&self.child, libc::SIGKILL);
     }
@@ -416,4 +439,17 @@ pub fn ids(events: &[SseEvent]) -> Vec<u64> {
         .filter_map(|e| e.id.as_deref())
         .map(|id| id.parse().expect("numeric id"))
         .collect()
+}
+
+/// One sample from Prometheus text: `series` is the name with its labels exactly as exposed,
+/// e.g. `relay_connections{kind="deployment"}`. Absent series read as 0.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().expect("numeric sample"))
+        })
+        .unwrap_or(0.0)
 }

@@ -1,0 +1,90 @@
+//! Metrics: after a known scenario the scraped values are exactly as expected.
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_scenario_scrapes_exactly() {
+    let nats = Nats::start().await;
+    let relay = Relay::start(&nats.url(), &[("RELAY_MAX_CONNECTIONS_PER_KEY", "2")]).await;
+    let before = relay.metrics().await;
+    assert_eq!(sample(&before, "relay_nats_connected"), 1.0);
+    assert_eq!(sample(&before, "relay_draining"), 0.0);
+    assert_eq!(sample(&before, "relay_events_delivered_total"), 0.0);
+
+    // k = 3 connections (two plain, one resumed), one 429, n = 5 events to d-1.
+    let d1 = relay.url("/v1/deployments/d-1/events");
+    let mut c1 = SseClient::connect(&d1, None).await;
+    let mut c2 = SseClient::connect(&d1, None).await;
+    let _c3 = SseClient::connect(&relay.url("/v1/pavilions/p-1/events"), Some("0")).await;
+    let refused = http().get(&d1).send().await.expect("request");
+    assert_eq!(refused.status().as_u16(), 429);
+    let publisher = Publisher::connect(&nats.url()).await;
+    for i in 0..5 {
+        publisher.deploy("d-1", &format!("{{\"i\":{i}}}")).await;
+    }
+    assert_eq!(ids(&c1.events(5).await), vec![1, 2, 3, 4, 5]);
+    assert_eq!(ids(&c2.events(5).await), vec![1, 2, 3, 4, 5]);
+
+    let m = relay.metrics().await;
+    assert_eq!(sample(&m, r#"relay_connections{kind="deployment"}"#), 2.0);
+    assert_eq!(sample(&m, r#"relay_connections{kind="pavilion"}"#), 1.0);
+    assert_eq!(sample(&m, r#"relay_connections{kind="multi"}"#), 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"relay_connections_rejected_total{reason="key_limit"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, r#"relay_connections_rejected_total{reason="limit"}"#),
+        0.0
+    );
+    assert_eq!(sample(&m, "relay_events_delivered_total"), 10.0);
+    assert_eq!(sample(&m, "relay_resumes_total"), 1.0);
+    assert_eq!(sample(&m, "relay_consumers_created_total"), 3.0);
+    assert_eq!(sample(&m, "relay_consumers_deleted_total"), 0.0);
+    assert_eq!(sample(&m, "relay_delivery_lag_seconds_count"), 10.0);
+    assert_eq!(
+        sample(&m, r#"relay_delivery_lag_seconds_bucket{le="+Inf"}"#),
+        10.0
+    );
+    assert_eq!(sample(&m, "relay_nats_connected"), 1.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"relay_http_requests_total{route="/v1/deployments/{id}/events",status="200"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"relay_http_requests_total{route="/v1/deployments/{id}/events",status="429"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"relay_http_requests_total{route="/v1/pavilions/{id}/events",status="200"}"#
+        ),
+        1.0
+    );
+
+    // A client leaves: its gauge and its consumer go.
+    drop(c1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = relay.metrics().await;
+        if sample(&m, "relay_consumers_deleted_total") == 1.0 {
+            assert_eq!(sample(&m, r#"relay_connections{kind="deployment"}"#), 1.0);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumer never deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,78 @@
+//! Slow clients: one that reads nothing is disconnected; relay memory stays flat (JetStream
+//! holds the backlog); a normal client of the same deployment gets everything meanwhile.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const EVENT_BYTES: usize = 10 * 1024;
+const EVENTS: usize = 2048; // 20 MiB
+/// Stated bound on relay RSS growth while 20 MiB flow past a stalled client.
+const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_cut_off_without_growing_the_relay() {
+    let nats = Nats::start().await;
+    let relay = Relay::start(&nats.url(), &[("RELAY_WRITE_TIMEOUT", "2s")]).await;
+    let js = nats.jetstream().await;
+
+    // A client that sends its request and never reads.
+    let mut stalled = TcpStream::connect(relay.addr).await.expect("connect");
+    stalled
+        .write_all(b"GET /v1/deployments/d-slow/events HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .await
+        .expect("request");
+    let mut normal = SseClient::connect(&relay.url("/v1/deployments/d-slow/events"), None).await;
+    nats.wait_consumer_count(&js, 2, WAIT).await;
+    let rss_before = relay.rss_kib();
+
+    let publisher = Publisher::connect(&nats.url()).await;
+    let reading = tokio::spawn(async move {
+        let events = normal.events(EVENTS).await;
+        (
+            ids(&events),
+            events.iter().all(|e| e.data.len() == EVENT_BYTES),
+            normal,
+        )
+    });
+    let mut published = Vec::new();
+    let mut peak = rss_before;
+    for i in 0..EVENTS {
+        let payload = format!("{i:08}{}", "x".repeat(EVENT_BYTES - 8));
+        published.push(publisher.deploy("d-slow", &payload).await);
+        if i % 128 == 0 {
+            peak = peak.max(relay.rss_kib());
+        }
+    }
+    let (got, sizes_ok, _normal) = reading.await.expect("normal client");
+    assert_eq!(got, published, "the normal client received everything");
+    assert!(sizes_ok);
+    peak = peak.max(relay.rss_kib());
+
+    // The stalled client's connection and consumer are gone; the normal client's remains.
+    nats.wait_consumer_count(&js, 1, WAIT).await;
+    peak = peak.max(relay.rss_kib());
+    let growth = peak.saturating_sub(rss_before);
+    eprintln!("relay RSS {rss_before} KiB before, peak {peak} KiB: growth {growth} KiB");
+    assert!(
+        growth < RSS_GROWTH_BOUND_KIB,
+        "relay RSS grew {growth} KiB while 20 MiB passed a stalled client"
+    );
+    // Reading now drains what the kernel buffered, then the closed connection ends.
+    let mut sink = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        match tokio::time::timeout(WAIT, stalled.read(&mut sink)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("the stalled connection was not closed"),
+        }
+    }
+    assert!(
+        total < EVENTS * EVENT_BYTES,
+        "the stalled client did not get everything"
+    );
+    let m = relay.metrics().await;
+    assert_eq!(sample(&m, r#"relay_connections{kind="deployment"}"#), 1.0);
+}
