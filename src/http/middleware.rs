@@ -74,3 +74,37 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
     tracing::error!(panic = %detail, "handler panicked");
     ApiError::Internal.into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_json_500() {
+        async fn boom() -> &'static str {
+            panic!("handler bug")
+        }
+        let app = Router::new()
+            .route("/boom", get(boom))
+            .layer(CatchPanicLayer::custom(panic_response));
+        let request = axum::http::Request::get("/boom")
+            .body(Body::empty())
+            .expect("request");
+        let response = app
+            .oneshot(request)
+            .await
+            .expect("a response, not a dead worker");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(json["error"], "internal");
+    }
+}

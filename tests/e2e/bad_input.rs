@@ -134,9 +134,25 @@ async fn bad_ids_and_resume_points_are_refused_without_a_consumer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_routes_and_methods_answer_json() {
+async fn unknown_routes_methods_and_oversized_requests_answer_json() {
     let nats = Nats::start().await;
     let relay = Relay::start(&nats.url(), &[]).await;
+    let long_query = format!("/v1/events?deployment=d-1&x={}", "a".repeat(5000));
+    let response = http()
+        .get(relay.url(&long_query))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 414);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(body["error"], "too_large");
+    let response = http()
+        .get(relay.url("/v1/deployments/d-1/events"))
+        .header("x-padding", "p".repeat(17 * 1024))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 431);
     let (status, body) = get_json(&relay.url("/v2/nothing")).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"], "not_found");

@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod consumer_debt;
+mod cors;
 mod delivery;
 mod demo;
 mod drain;
