@@ -22,10 +22,6 @@ fn main() -> ExitCode {
         // A command-line tool stays quiet unless asked: stdout carries its JSON line.
         config.log = "warn".to_owned();
     }
-    if let Err(err) = telemetry::init(&config.log, config.log_format) {
-        eprintln!("sse-relay: configuration error: {err}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -33,13 +29,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    // Inside the runtime: the gRPC trace exporter needs one.
+    let telemetry = {
+        let _entered = runtime.enter();
+        telemetry::init(&config.log, config.log_format)
+    };
+    if let Err(err) = telemetry {
+        eprintln!("sse-relay: configuration error: {err}");
+        return ExitCode::from(2);
+    }
+    let code = runtime.block_on(async move {
         match cli.command {
             Command::Serve => run_serve(config).await,
             Command::Publish(args) => run_publish(config, args).await,
             Command::Demo => run_demo(config).await,
         }
-    })
+    });
+    // Outside the runtime's workers: exporting the last spans blocks.
+    telemetry::shutdown();
+    code
 }
 
 async fn run_serve(config: Config) -> ExitCode {

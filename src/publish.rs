@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::cli::PublishArgs;
 use crate::config::Config;
@@ -73,6 +74,14 @@ impl PublishRequest {
 /// id is `<msg-id>:pavilion`: JetStream deduplicates per stream, and the two copies are
 /// different messages of one stream.
 pub async fn run(config: &Config, request: PublishRequest) -> Result<PublishReport, StoreError> {
+    let span = tracing::info_span!("sse-relay publish", otel.kind = "client");
+    publish_all(config, request).instrument(span).await
+}
+
+async fn publish_all(
+    config: &Config,
+    request: PublishRequest,
+) -> Result<PublishReport, StoreError> {
     let client = jetstream::connect(config, |_| {})
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;

@@ -138,6 +138,10 @@ pub async fn serve(
     }
     store.finish_deletions(deadline).await;
     tracing::info!("drained");
+    let flushing = tokio::task::spawn_blocking(crate::telemetry::flush);
+    if tokio::time::timeout_at(deadline, flushing).await.is_err() {
+        tracing::warn!("spans not flushed before the drain timeout");
+    }
     Ok(())
 }
 

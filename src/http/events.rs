@@ -13,7 +13,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use opentelemetry::trace::TraceContextExt;
 use tokio::time::{Instant, Sleep};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::error::ApiError;
 use super::extract::{resume_point, PathKey, QueryPairs};
@@ -26,6 +28,7 @@ use crate::subject::{ResumePoint, Subject, SubjectSet};
 use crate::telemetry::metrics::{
     CONNECTIONS, CONNECTIONS_REJECTED, DELIVERY_LAG, EVENTS_DELIVERED, RESUMES,
 };
+use crate::telemetry::{self, propagation};
 
 pub async fn deployment_events(
     State(state): State<AppState>,
@@ -89,6 +92,27 @@ async fn open_stream(
     if let Some(opening) = subscription.opening {
         first.push_back(opening_frame(opening));
     }
+    let connection_span = tracing::info_span!(
+        "sse.connection",
+        otel.kind = "internal",
+        relay.connection_id = %subscription.feed.connection_id(),
+        relay.subjects = %subjects.nats_subjects().join(","),
+        relay.resume_point = resume.map(|r| r.0),
+        relay.events_delivered = tracing::field::Empty,
+        relay.end_reason = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if telemetry::exporting() {
+        if let Some(id) = propagation::trace_id(&connection_span) {
+            connection_span.record("trace_id", id);
+        }
+    }
+    let open = OpenConnection::new(
+        permit,
+        subjects.kind_label(),
+        connection_span,
+        subscription.feed.connection_id().to_owned(),
+    );
     let drain_delay = state.drain_spread.mul_f64(rand::random::<f64>());
     let drain = state
         .draining
@@ -101,7 +125,7 @@ async fn open_stream(
         heartbeat: state.config.heartbeat,
         retry: state.config.retry,
         drain: Box::pin(drain),
-        open: OpenConnection::new(permit, subjects.kind_label()),
+        open,
     }
     .into_stream();
 
@@ -185,17 +209,27 @@ fn opening_frame(opening: Opening) -> Bytes {
     }
 }
 
-/// What an open connection holds besides its feed: its limit slots and its place in the
-/// connection gauge. Dropped with the body, however the stream ends.
+/// What an open connection holds besides its feed: its limit slots, its place in the
+/// connection gauge and its span. Dropped with the body, however the stream ends.
 struct OpenConnection {
     _permit: ConnectionPermit,
     gauge: Gauge,
     delivered: Counter,
     lag: Histogram,
+    span: tracing::Span,
+    connection_id: String,
+    events: u64,
+    /// Why the stream ended; a stream dropped without one ended because the client left.
+    end_reason: &'static str,
 }
 
 impl OpenConnection {
-    fn new(permit: ConnectionPermit, kind: &'static str) -> Self {
+    fn new(
+        permit: ConnectionPermit,
+        kind: &'static str,
+        span: tracing::Span,
+        connection_id: String,
+    ) -> Self {
         let gauge = gauge!(CONNECTIONS, "kind" => kind);
         gauge.increment(1.0);
         Self {
@@ -203,19 +237,59 @@ impl OpenConnection {
             gauge,
             delivered: counter!(EVENTS_DELIVERED),
             lag: histogram!(DELIVERY_LAG),
+            span,
+            connection_id,
+            events: 0,
+            end_reason: "client_closed",
         }
     }
 
-    fn record_delivery(&self, event: &RelayEvent) {
+    fn record_delivery(&mut self, event: &RelayEvent) {
         self.delivered.increment(1);
-        let lag = time::OffsetDateTime::now_utc() - event.published;
-        self.lag.record(lag.as_seconds_f64().max(0.0));
+        self.events += 1;
+        let lag = (time::OffsetDateTime::now_utc() - event.published)
+            .as_seconds_f64()
+            .max(0.0);
+        self.lag.record(lag);
+        if telemetry::exporting() {
+            self.trace_delivery(event, lag);
+        }
+    }
+
+    /// One short span per delivered event, a child of the publisher's span (its trace context
+    /// travels in the message headers) and linked to this connection's span; a child of the
+    /// connection span when the publisher sent no context.
+    fn trace_delivery(&self, event: &RelayEvent, lag_seconds: f64) {
+        let span = tracing::info_span!(
+            parent: None,
+            "deliver",
+            otel.name = %format_args!("deliver {}", event.subject),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "receive",
+            messaging.destination.name = %event.subject,
+            relay.stream_sequence = event.seq,
+            relay.connection_id = %self.connection_id,
+            relay.delivery_lag_ms = lag_seconds * 1000.0,
+        );
+        let connection = self.span.context();
+        match propagation::extract_from_nats(event.headers.as_ref()) {
+            Some(publisher) => {
+                let _ = span.set_parent(publisher);
+                span.add_link(connection.span().span_context().clone());
+            }
+            None => {
+                let _ = span.set_parent(connection);
+            }
+        }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.gauge.decrement(1.0);
+        self.span.record("relay.events_delivered", self.events);
+        self.span.record("relay.end_reason", self.end_reason);
     }
 }
 
@@ -257,6 +331,7 @@ impl FrameStream {
                 biased;
                 _ = &mut run.stream.drain => {
                     run.done = true;
+                    run.stream.open.end_reason = "drain";
                     drain_frame(run.stream.retry)
                 }
                 item = run.stream.feed.next() => match item {
@@ -265,10 +340,18 @@ impl FrameStream {
                         sse::event_frame(event.seq, &event.event_type, &event.payload)
                     }
                     Some(Err(err)) => {
-                        tracing::warn!(error = %err, "ending stream; the client will resume");
+                        run.stream.open.span.in_scope(|| {
+                            tracing::warn!(error = %err, "ending stream; the client will resume");
+                        });
+                        run.stream.open.end_reason = "consumer_failed";
+                        drop(run); // records the reason on the connection span
                         return None;
                     }
-                    None => return None,
+                    None => {
+                        run.stream.open.end_reason = "feed_ended";
+                        drop(run);
+                        return None;
+                    }
                 },
                 _ = run.idle.as_mut() => Bytes::from_static(sse::HEARTBEAT),
             };

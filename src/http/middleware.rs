@@ -8,8 +8,12 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
 use super::error::ApiError;
 use crate::telemetry::metrics::HTTP_REQUESTS;
+use crate::telemetry::{self, propagation};
 
 /// Longest query string accepted.
 pub const MAX_QUERY_BYTES: usize = 4096;
@@ -29,6 +33,40 @@ pub async fn count_requests(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     ::metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => status).increment(1);
+    response
+}
+
+/// One server span per request (`GET /v1/deployments/{id}/events`), continuing the caller's
+/// trace when the request carries `traceparent`. Only the path is recorded, never the query
+/// (it may hold an access token).
+pub async fn trace_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if telemetry::exporting() {
+        if let Some(parent) = propagation::extract_from_http(request.headers()) {
+            // Before the span is first entered, or the parent cannot be set.
+            let _ = span.set_parent(parent);
+        }
+        if let Some(id) = propagation::trace_id(&span) {
+            span.record("trace_id", id);
+        }
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     response
 }
 

@@ -94,7 +94,8 @@ pub fn router(state: AppState) -> Router {
         .merge(requests)
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn(middleware::count_requests));
+        .layer(axum::middleware::from_fn(middleware::count_requests))
+        .layer(axum::middleware::from_fn(middleware::trace_requests));
     if let Some(cors) = cors {
         app = app.layer(cors);
     }

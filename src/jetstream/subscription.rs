@@ -111,9 +111,10 @@ impl EventStore {
             opening,
             feed: EventFeed {
                 state: FeedState::Streaming(Box::new(messages)),
-                lease,
                 floor,
                 reconnected: next_connection(self.connections.clone()),
+                connection_id: lease.name_prefix.clone(),
+                lease,
                 store: self.clone(),
                 filters,
             },
@@ -249,6 +250,7 @@ pub struct EventFeed {
     reconnected: BoxFuture<'static, ()>,
     store: EventStore,
     filters: Vec<String>,
+    connection_id: String,
 }
 
 /// Resolves at the next (re)connection after now; never if connections are not tracked.
@@ -338,6 +340,11 @@ impl Stream for EventFeed {
 }
 
 impl EventFeed {
+    /// The first consumer's name (`<replica>-<n>`): unique, so it also names the connection.
+    pub fn connection_id(&self) -> &str {
+        &self.connection_id
+    }
+
     /// Replaces the consumer with a new one starting after `floor`. Dropping the old consumer
     /// stream stops its pull task; the new lease replaces (and so deletes) the old one.
     fn reopen(&mut self) {

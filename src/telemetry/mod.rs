@@ -1,38 +1,161 @@
-//! Telemetry: logs (a `tracing` subscriber writing JSON or pretty lines to stderr, filtered by
-//! `RELAY_LOG`; stdout is kept for command output such as `publish`'s JSON line) and Prometheus
-//! metrics ([`metrics`]).
+//! Telemetry: logs, traces and metrics.
+//!
+//! - Logs: a `tracing` subscriber writing JSON or pretty lines to stderr, filtered by `RELAY_LOG`
+//!   (stdout is kept for command output such as `publish`'s JSON line). Inside a traced span,
+//!   JSON lines carry the span's `trace_id`.
+//! - Traces: a `tracing-opentelemetry` layer exporting over OTLP, configured only by the standard
+//!   `OTEL_*` variables. Without `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) there is
+//!   no exporter and no per-event span is ever built.
+//! - Metrics: Prometheus, see [`metrics`].
 
 pub mod metrics;
+pub mod propagation;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{ConfigError, LogFormat};
 
-/// Installs the global subscriber. A filter that does not parse is a configuration error.
+/// Service name when `OTEL_SERVICE_NAME` does not say otherwise.
+pub const DEFAULT_SERVICE_NAME: &str = "sse-relay";
+
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Whether spans are exported; hot paths skip building spans nobody will see.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Installs the global subscriber (and the OTLP pipeline when an endpoint is configured).
+/// Call inside a Tokio runtime: the gRPC exporter needs one.
 pub fn init(filter: &str, format: LogFormat) -> Result<(), ConfigError> {
-    let filter = EnvFilter::builder()
+    let env_filter = EnvFilter::builder()
         .parse(filter)
         .map_err(|e| ConfigError {
             variable: "RELAY_LOG".into(),
             reason: format!("invalid filter '{filter}': {e}"),
         })?;
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr),
+    let otel = match otlp_provider()? {
+        Some(provider) => {
+            let tracer = provider.tracer("sse-relay");
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            let _ = PROVIDER.set(provider);
+            EXPORTING.store(true, Ordering::Relaxed);
+            // Spans of this crate are exported whatever the log filter says.
+            let spans = tracing_subscriber::filter::Targets::new()
+                .with_target("sse_relay", tracing::Level::INFO);
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(spans),
             )
-            .try_init(),
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+        }
+        None => None,
+    };
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(env_filter)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(env_filter)
+            .boxed(),
     };
     // Already installed (a second init in one process) is harmless.
-    let _ = result;
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(otel)
+        .try_init();
+    if exporting() {
+        tracing::info!("exporting traces over OTLP");
+    }
     Ok(())
+}
+
+/// The tracer provider the `OTEL_*` variables describe, or `None` without an endpoint.
+fn otlp_provider() -> Result<Option<SdkTracerProvider>, ConfigError> {
+    let set = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+    {
+        return Ok(None);
+    }
+    if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
+        && set("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+    {
+        return Ok(None);
+    }
+    let (variable, protocol) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+        Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", p),
+        None => (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            set("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "http/protobuf".to_owned()),
+        ),
+    };
+    let bad = |reason: String| ConfigError {
+        variable: variable.to_owned(),
+        reason,
+    };
+    // Endpoint, headers and timeout come from the OTEL_EXPORTER_OTLP_* variables themselves.
+    let exporter = match protocol.as_str() {
+        "grpc" => SpanExporter::builder().with_tonic().build(),
+        "http/protobuf" => SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build(),
+        other => {
+            return Err(bad(format!(
+                "'{other}' is not supported; use grpc or http/protobuf"
+            )))
+        }
+    }
+    .map_err(|e| bad(format!("cannot build the OTLP exporter: {e}")))?;
+    let mut resource = Resource::builder();
+    let names_service = set("OTEL_SERVICE_NAME").is_some()
+        || set("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="));
+    if !names_service {
+        resource = resource.with_service_name(DEFAULT_SERVICE_NAME);
+    }
+    // The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (SDK default:
+    // parentbased_always_on); batching from OTEL_BSP_*.
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build(),
+    ))
+}
+
+/// Exports every finished span now (blocking; call from a blocking context).
+pub fn flush() {
+    if let Some(provider) = PROVIDER.get() {
+        if let Err(err) = provider.force_flush() {
+            tracing::warn!(error = %err, "flushing spans failed");
+        }
+    }
+}
+
+/// Flushes and stops the exporter (blocking; call once, outside the runtime's workers).
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get() {
+        if let Err(err) = provider.shutdown() {
+            eprintln!("sse-relay: stopping the trace exporter: {err}");
+        }
+    }
 }
