@@ -16,6 +16,8 @@ mod fuzz;
 mod limits;
 mod metrics;
 mod nats_restart;
+mod otlp;
 mod resume;
 mod slow_client;
 mod timeline;
+mod tracing;
