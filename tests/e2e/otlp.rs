@@ -55,10 +55,10 @@ fn value(kv: &KeyValue) -> String {
     }
 }
 
-async fn traces(
-    State((spans, requests)): State<(Arc<Mutex<Vec<ReceivedSpan>>>, Arc<Mutex<usize>>)>,
-    body: Bytes,
-) -> Vec<u8> {
+/// What the receiver has seen.
+type Received = (Arc<Mutex<Vec<ReceivedSpan>>>, Arc<Mutex<usize>>);
+
+async fn traces(State((spans, requests)): State<Received>, body: Bytes) -> Vec<u8> {
     *requests.lock().expect("lock") += 1;
     let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
     let mut out = spans.lock().expect("lock");
