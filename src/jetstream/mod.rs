@@ -50,9 +50,10 @@ impl StoreError {
 #[derive(Clone)]
 pub struct EventStore {
     client: async_nats::Client,
-    /// Counts (re)connections; open feeds re-create their consumers when it changes, because a
-    /// restarted server has lost them (they are in-memory) and waiting for the client library
-    /// to notice takes about 15 s.
+    /// Counts events after which consumers may be gone: (re)connections and stream leader
+    /// elections. Open feeds re-create their consumers when it changes, because a restarted or
+    /// failed server has lost the ones it hosted (they are in-memory, R1) and waiting for the
+    /// client library to notice takes 15 to 30 s.
     connections: watch::Receiver<u64>,
     js: jetstream::Context,
     stream_name: Arc<str>,
@@ -63,7 +64,8 @@ pub struct EventStore {
 }
 
 impl EventStore {
-    /// Connects (see [`connect`]) and tracks reconnections for the feeds.
+    /// Connects (see [`connect`]) and tracks reconnections and stream leader elections for the
+    /// feeds.
     pub async fn connect<F>(
         config: &crate::config::Config,
         on_event: F,
@@ -71,14 +73,32 @@ impl EventStore {
     where
         F: Fn(async_nats::Event) + Send + Sync + 'static,
     {
-        let (connections_tx, connections) = watch::channel(0);
-        let client = connect(config, move |event| {
-            if matches!(event, async_nats::Event::Connected) {
-                connections_tx.send_modify(|n| *n += 1);
+        let (resets_tx, connections) = watch::channel(0);
+        let resets_tx = Arc::new(resets_tx);
+        let client = connect(config, {
+            let resets_tx = resets_tx.clone();
+            move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    resets_tx.send_modify(|n| *n += 1);
+                }
+                on_event(event);
             }
-            on_event(event);
         })
         .await?;
+        // A new stream leader means a node of the stream failed or stepped down; the consumers
+        // it hosted are gone without this client's connection noticing.
+        let advisory = format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{}", config.stream);
+        let mut elections = client
+            .subscribe(advisory)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            while elections.next().await.is_some() {
+                tracing::info!("stream leader elected; re-creating consumers");
+                resets_tx.send_modify(|n| *n += 1);
+            }
+        });
         Ok(Self::with_connections(client, &config.stream, connections))
     }
 

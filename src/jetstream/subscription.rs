@@ -138,6 +138,7 @@ impl EventStore {
             name: Some(name.clone()),
             deliver_policy,
             max_batch: PULL_BATCH,
+            max_expires: PULL_EXPIRES,
             ..Default::default()
         };
         match filters {
@@ -203,6 +204,10 @@ impl EventStore {
 /// Messages one consumer pulls at a time: the most the relay buffers for a client that has
 /// stopped reading (JetStream keeps the rest).
 const PULL_BATCH: i64 = 100;
+
+/// Longest pull: bounds the idle heartbeat to half of it, so a consumer lost with its server is
+/// noticed (two missed heartbeats) within about this long even when no other signal arrives.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
 
 /// How often a failed consumer is re-created before the stream gives up and the client is left
 /// to reconnect (about a minute).
@@ -281,7 +286,10 @@ impl Stream for EventFeed {
         if this.reconnected.poll_unpin(cx).is_ready() {
             this.reconnected = next_connection(this.store.connections.clone());
             if matches!(this.state, FeedState::Streaming(_)) {
-                tracing::debug!(floor = this.floor, "NATS reconnected; re-creating consumer");
+                tracing::debug!(
+                    floor = this.floor,
+                    "NATS reconnected or stream leader changed; re-creating consumer"
+                );
                 this.reopen();
             }
         }

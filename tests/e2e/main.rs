@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod bad_input;
 mod cli;
+mod cluster;
 mod consumer_debt;
 mod cors;
 mod delivery;

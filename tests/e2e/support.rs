@@ -160,6 +160,107 @@ impl Nats {
     }
 }
 
+/// Three nats-servers clustered from `nats/cluster/node-*.conf`, on free ports with temporary
+/// stores.
+pub struct NatsCluster {
+    pub nodes: Vec<ClusterNode>,
+}
+
+pub struct ClusterNode {
+    pub name: String,
+    pub port: u16,
+    child: Option<Child>,
+    _store: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    pub async fn start() -> NatsCluster {
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes = ports
+            .iter()
+            .map(|(_, cluster, _)| format!("nats://127.0.0.1:{cluster}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (i, (port, cluster, http)) in ports.iter().enumerate() {
+            let store = tempfile::tempdir().expect("temp dir");
+            let config = format!(
+                "{}/nats/cluster/node-{}.conf",
+                env!("CARGO_MANIFEST_DIR"),
+                i + 1
+            );
+            let child = Command::new(nats_server_bin())
+                .args([
+                    "-c",
+                    &config,
+                    "-p",
+                    &port.to_string(),
+                    "-m",
+                    &http.to_string(),
+                ])
+                .args([
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{cluster}"),
+                    "--routes",
+                    &routes,
+                    "-sd",
+                ])
+                .arg(store.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn nats-server");
+            nodes.push(ClusterNode {
+                name: format!("relay-nats-{}", i + 1),
+                port: *port,
+                child: Some(child),
+                _store: store,
+            });
+        }
+        let cluster = NatsCluster { nodes };
+        // Ready when every node answers JetStream requests (a meta leader exists).
+        let deadline = Instant::now() + WAIT;
+        for node in &cluster.nodes {
+            loop {
+                let url = format!("nats://127.0.0.1:{}", node.port);
+                if let Ok(client) = async_nats::connect(url).await {
+                    if jetstream::new(client).query_account().await.is_ok() {
+                        break;
+                    }
+                }
+                assert!(Instant::now() < deadline, "cluster did not form");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        cluster
+    }
+
+    /// All client URLs, comma-separated (RELAY_NATS_URL).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// SIGKILLs the node called `name`.
+    pub async fn kill(&mut self, name: &str) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("known node");
+        if let Some(mut child) = node.child.take() {
+            child.kill().await.ok();
+        }
+    }
+}
+
 /// A relay process (`sse-relay serve`) on a free port.
 pub struct Relay {
     child: Child,
@@ -373,7 +474,8 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn connect(nats_url: &str) -> Publisher {
-        let client = timeout(WAIT, async_nats::connect(nats_url))
+        let urls: Vec<String> = nats_url.split(',').map(str::to_owned).collect();
+        let client = timeout(WAIT, async_nats::connect(urls.as_slice()))
             .await
             .expect("connect in time")
             .expect("connect");

@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Checks the Helm chart the way a cluster would, without a cluster.
+
+Lints it (strict), renders it with the default values and several value sets using Helm's own
+Go library (helm-python-sdk), validates every manifest against the Kubernetes JSON schemas
+(kubernetes-validate, strict: unknown fields are errors), and asserts on the rendered output:
+probes, drain timing, the contract's environment variables, Secrets referenced not inlined,
+and a schema that rejects wrong values.
+
+Run by `make test` (`make chart-check`). Exits non-zero with a list of failures.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "sse-relay"
+KUBE_VERSION = "1.37.0"
+NAMESPACE = "deploy"
+RELEASE = "relay"
+
+# Every RELAY_* variable of the contract (§5), plus the addition RELAY_WRITE_TIMEOUT.
+CONTRACT_VARS = {
+    "RELAY_LISTEN", "RELAY_NATS_URL", "RELAY_NATS_CREDS", "RELAY_NATS_TOKEN", "RELAY_NATS_CA",
+    "RELAY_STREAM", "RELAY_STREAM_MANAGE", "RELAY_STREAM_REPLICAS", "RELAY_STREAM_MAX_AGE",
+    "RELAY_STREAM_MAX_MSGS_PER_SUBJECT", "RELAY_MAX_CONNECTIONS", "RELAY_MAX_CONNECTIONS_PER_KEY",
+    "RELAY_HEARTBEAT", "RELAY_RETRY", "RELAY_DRAIN_TIMEOUT", "RELAY_AUTH", "RELAY_JWT_SECRET",
+    "RELAY_JWT_PUBLIC_KEY_FILE", "RELAY_JWT_AUDIENCE", "RELAY_CORS_ORIGINS", "RELAY_LOG",
+    "RELAY_LOG_FORMAT", "RELAY_WRITE_TIMEOUT",
+}
+
+VALUE_SETS: dict[str, dict] = {
+    "defaults": {},
+    "other-nats": {
+        "nats": {
+            "url": "nats://nats-a.messaging:4222,nats://nats-b.messaging:4222",
+            "credentialsSecret": {"name": "relay-nats-creds", "key": "relay.creds"},
+            "tokenSecret": {"name": "relay-nats-token", "key": "token"},
+            "caSecret": {"name": "nats-ca", "key": "ca.crt"},
+        },
+        "relay": {"streamReplicas": 1, "drainTimeoutSeconds": 45, "corsOrigins": ["https://a.example", "https://b.example"]},
+    },
+    "auth-existing-secret": {
+        "auth": {"mode": "jwt", "existingSecret": "relay-jwt", "secretKey": "hs256", "audience": "sse-relay"},
+        "otel": {"endpoint": "http://otel-collector.observability:4318", "samplerArg": "0.1", "sampler": "parentbased_traceidratio"},
+    },
+    "ingress-hpa-monitor": {
+        "ingress": {"enabled": True, "tls": [{"hosts": ["relay.example.com"], "secretName": "relay-tls"}]},
+        "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "networkPolicy": {"enabled": True, "ingressFrom": [{"namespaceSelector": {"matchLabels": {"name": "ingress-nginx"}}}]},
+        "auth": {"mode": "jwt", "keyType": "publicKey", "publicKey": "-----BEGIN PUBLIC KEY-----\nMFkw...\n-----END PUBLIC KEY-----\n"},
+    },
+}
+
+failures: list[str] = []
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        failures.append(message)
+
+
+def render(chart: helm.Chart, values: dict) -> dict[str, list[dict]]:
+    """Template path -> the manifests it rendered (empty templates dropped)."""
+    out: dict[str, list[dict]] = {}
+    for path, text in chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True).items():
+        if path.endswith("NOTES.txt"):
+            out[path] = [{"notes": text}]
+            continue
+        docs = [d for d in yaml.safe_load_all(text) if d]
+        if docs:
+            out[path] = docs
+    return out
+
+
+def manifests(rendered: dict[str, list[dict]]) -> list[dict]:
+    return [d for path, docs in rendered.items() if not path.endswith("NOTES.txt") for d in docs]
+
+
+def find(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)s", duration)
+    assert match, duration
+    return int(match.group(1))
+
+
+def validate(name: str, docs: list[dict]) -> None:
+    for doc in docs:
+        kind = doc.get("kind")
+        if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+            # A CRD: no upstream schema; check the parts Prometheus Operator needs.
+            check(doc["spec"]["endpoints"][0]["path"] == "/metrics", f"{name}: ServiceMonitor path")
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except Exception as err:  # noqa: BLE001 — report every invalid manifest, then fail
+            failures.append(f"{name}: {kind} {doc.get('metadata', {}).get('name')}: {err}")
+
+
+def check_common(name: str, values: dict, rendered: dict[str, list[dict]], chart: helm.Chart) -> dict:
+    docs = manifests(rendered)
+    merged = chart.merge_values(values)
+    [deployment] = find(docs, "Deployment")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    env = env_of(container)
+
+    check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{name}: readiness probe on /readyz")
+    check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{name}: liveness probe on /healthz")
+    check(container["readinessProbe"]["httpGet"]["port"] == "http", f"{name}: probes on the http port")
+    drain = seconds(env["RELAY_DRAIN_TIMEOUT"]["value"])
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    check(pre_stop > 0, f"{name}: a preStop sleep")
+    check(pod["terminationGracePeriodSeconds"] > drain + pre_stop,
+          f"{name}: grace {pod['terminationGracePeriodSeconds']} > drain {drain} + preStop {pre_stop}")
+    check(spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, f"{name}: maxUnavailable 0")
+    check(merged["autoscaling"]["enabled"] or spec["replicas"] >= 2, f"{name}: 2+ replicas")
+    check(pod["securityContext"]["runAsNonRoot"] is True, f"{name}: runAsNonRoot")
+    check(container["securityContext"]["readOnlyRootFilesystem"] is True, f"{name}: read-only root")
+    check(container["securityContext"]["allowPrivilegeEscalation"] is False, f"{name}: no privilege escalation")
+    check(any(c["topologyKey"] == "kubernetes.io/hostname" for c in pod.get("topologySpreadConstraints", [])),
+          f"{name}: spread across nodes")
+    check("resources" in container and container["resources"].get("requests"), f"{name}: resources")
+    relay_env = {k for k in env if k.startswith("RELAY_")}
+    check(relay_env <= CONTRACT_VARS, f"{name}: unknown RELAY_ variables {sorted(relay_env - CONTRACT_VARS)}")
+    check(env["RELAY_LISTEN"]["value"] == f"0.0.0.0:{merged['relay']['port']}", f"{name}: RELAY_LISTEN")
+    check(container["ports"][0]["containerPort"] == merged["relay"]["port"], f"{name}: container port")
+    # No secret value is ever inlined in the Deployment.
+    for var in ("RELAY_JWT_SECRET", "RELAY_NATS_TOKEN", "OTEL_EXPORTER_OTLP_HEADERS"):
+        if var in env:
+            check("valueFrom" in env[var] and "value" not in env[var], f"{name}: {var} from a Secret")
+    [service] = find(docs, "Service")
+    check(service["spec"]["selector"] == spec["selector"]["matchLabels"], f"{name}: Service selects the pods")
+    check(find(docs, "PodDisruptionBudget") != [], f"{name}: PodDisruptionBudget")
+    test_pods = [d for d in find(docs, "Pod") if d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    check(len(test_pods) == 1 and "/readyz" in " ".join(test_pods[0]["spec"]["containers"][0]["command"]),
+          f"{name}: helm test pod checks /readyz")
+    notes = next(d["notes"] for p, ds in rendered.items() if p.endswith("NOTES.txt") for d in ds)
+    check("curl -N" in notes, f"{name}: NOTES has a curl -N line")
+    return {"env": env, "docs": docs, "pod": pod, "container": container}
+
+
+def main() -> int:
+    chart = helm.Chart.load(CHART)
+    cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    check(chart.metadata["appVersion"] == cargo["package"]["version"],
+          f"appVersion {chart.metadata['appVersion']} != Cargo.toml {cargo['package']['version']}")
+    check(chart.metadata["apiVersion"] == "v2", "Chart apiVersion v2")
+
+    report = helm.lint(CHART, strict=True, kube_version=f"v{KUBE_VERSION}")
+    for message in report.get("messages", []):
+        if message.get("severity", 0) >= 2:
+            failures.append(f"lint: {message}")
+    failures.extend(f"lint: {e}" for e in report.get("errors", []) or [])
+
+    for name, values in VALUE_SETS.items():
+        chart.validate_schema(values)
+        rendered = render(chart, values)
+        validate(name, manifests(rendered))
+        got = check_common(name, values, rendered, chart)
+        env, docs, pod = got["env"], got["docs"], got["pod"]
+        if name == "defaults":
+            check(env["RELAY_NATS_URL"]["value"] == f"nats://nats.{NAMESPACE}.svc.cluster.local:4222",
+                  "defaults: NATS URL is the official chart's release `nats`")
+            check(env["RELAY_STREAM_REPLICAS"]["value"] == "3", "defaults: RELAY_STREAM_REPLICAS 3")
+            check(env["RELAY_AUTH"]["value"] == "none", "defaults: auth off")
+            check(find(docs, "Ingress") == [] and find(docs, "HorizontalPodAutoscaler") == [], "defaults: no ingress/HPA")
+            check("OTEL_EXPORTER_OTLP_ENDPOINT" not in env, "defaults: no OTel endpoint")
+            check(pod["terminationGracePeriodSeconds"] == 35, "defaults: grace 20 + 5 + 10")
+        if name == "other-nats":
+            check(env["RELAY_NATS_URL"]["value"] == values["nats"]["url"], "other-nats: RELAY_NATS_URL")
+            check(env["RELAY_NATS_CREDS"]["value"] == "/etc/sse-relay/nats/creds", "other-nats: creds file")
+            check(env["RELAY_NATS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "relay-nats-token", "key": "token"},
+                  "other-nats: token from its Secret")
+            check(env["RELAY_CORS_ORIGINS"]["value"] == "https://a.example,https://b.example", "other-nats: CORS list")
+            check(pod["terminationGracePeriodSeconds"] > 45 + 5, "other-nats: grace follows the drain timeout")
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            check(volumes["nats-creds"]["secret"]["secretName"] == "relay-nats-creds", "other-nats: creds volume")
+        if name == "auth-existing-secret":
+            check(find(docs, "Secret") == [], "auth-existing-secret: no Secret rendered (the existing one is used)")
+            check(env["RELAY_JWT_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "relay-jwt", "key": "hs256"},
+                  "auth-existing-secret: RELAY_JWT_SECRET references the existing Secret")
+            check(env["RELAY_JWT_AUDIENCE"]["value"] == "sse-relay", "auth-existing-secret: audience")
+            check(env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == values["otel"]["endpoint"], "OTel endpoint")
+            check(env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.1", "OTel sampler arg")
+        if name == "ingress-hpa-monitor":
+            [ingress] = find(docs, "Ingress")
+            annotations = ingress["metadata"]["annotations"]
+            check(annotations.get("nginx.ingress.kubernetes.io/proxy-buffering") == "off", "ingress: buffering off")
+            check(int(annotations.get("nginx.ingress.kubernetes.io/proxy-read-timeout", "0")) >= 3600,
+                  "ingress: long read timeout")
+            [hpa] = find(docs, "HorizontalPodAutoscaler")
+            check(hpa["spec"]["minReplicas"] == 3 and "replicas" not in pod, "hpa: owns the replica count")
+            check(len(find(docs, "ServiceMonitor")) == 1, "ServiceMonitor rendered")
+            check(len(find(docs, "NetworkPolicy")) == 1, "NetworkPolicy rendered")
+            [secret] = find(docs, "Secret")
+            check("jwt-public-key.pem" in secret["data"], "public key stored in the chart's Secret")
+            check(got["env"]["RELAY_JWT_PUBLIC_KEY_FILE"]["value"] == "/etc/sse-relay/jwt/public.pem",
+                  "public key mounted as a file")
+
+    # Every contract variable is reachable from some value set.
+    reachable = set()
+    for values in VALUE_SETS.values():
+        [deployment] = find(manifests(render(chart, values)), "Deployment")
+        reachable |= set(env_of(deployment["spec"]["template"]["spec"]["containers"][0]))
+    check(CONTRACT_VARS - {"RELAY_JWT_PUBLIC_KEY_FILE"} <= reachable | {"RELAY_JWT_PUBLIC_KEY_FILE"},
+          f"unreachable variables: {sorted(CONTRACT_VARS - reachable)}")
+    check(CONTRACT_VARS <= reachable, f"unreachable variables: {sorted(CONTRACT_VARS - reachable)}")
+
+    # The schema refuses wrong types and unknown keys.
+    for bad in ({"replicaCount": "two"}, {"relay": {"maxConnections": "lots"}}, {"auth": {"mode": "maybe"}},
+                {"replicas": 3}, {"relay": {"heartbeats": "5s"}}, {"service": {"port": 70000}}):
+        try:
+            chart.validate_schema(bad)
+        except helm.HelmValuesError:
+            continue
+        failures.append(f"schema accepted {bad}")
+    # A jwt install without any key fails to render with a clear message.
+    try:
+        chart.render({"auth": {"mode": "jwt"}}, name=RELEASE, namespace=NAMESPACE)
+        failures.append("jwt without a key rendered")
+    except helm.HelmError as err:
+        check("auth.secret" in str(err), f"jwt without a key: unclear error {err}")
+
+    if failures:
+        print(f"chart check: {len(failures)} failure(s)")
+        for failure in failures:
+            print(f"  - {failure}")
+        return 1
+    print(f"chart check: lint clean, {len(VALUE_SETS)} value sets rendered and valid against Kubernetes {KUBE_VERSION}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

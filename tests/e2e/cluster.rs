@@ -1,0 +1,62 @@
+//! A 3-node JetStream cluster (configs in `nats/cluster/`) with an R3 stream: the node leading
+//! the stream is killed while a client streams, and the client still receives every event once.
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_leader_killed_mid_stream_loses_nothing() {
+    let mut cluster = NatsCluster::start().await;
+    let relay = Relay::start(&cluster.urls(), &[("RELAY_STREAM_REPLICAS", "3")]).await;
+    let publisher = Publisher::connect(&cluster.urls()).await;
+    let subject = deployment("d-cluster");
+
+    let mut published = Vec::new();
+    for i in 0..50 {
+        let body = format!(r#"{{"i":{i}}}"#);
+        published.push(
+            publisher
+                .publish_until_acked(&subject, &body, &format!("c-{i}"))
+                .await,
+        );
+    }
+    let mut client = SseClient::connect(&relay.url("/v1/deployments/d-cluster/events"), None).await;
+    let mut received = client.events(50).await;
+
+    let js = async_nats::jetstream::new(
+        async_nats::connect(format!("nats://127.0.0.1:{}", cluster.nodes[0].port))
+            .await
+            .expect("connect"),
+    );
+    let mut stream = js.get_stream(STREAM).await.expect("stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.config.num_replicas, 3, "an R3 stream");
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("stream leader");
+    cluster.kill(&leader).await;
+
+    for i in 50..100 {
+        let body = format!(r#"{{"i":{i}}}"#);
+        published.push(
+            publisher
+                .publish_until_acked(&subject, &body, &format!("c-{i}"))
+                .await,
+        );
+    }
+    received.extend(client.events(50).await);
+    assert_eq!(
+        ids(&received),
+        published,
+        "every event exactly once, in order"
+    );
+    let payloads: Vec<String> = received.iter().map(|e| e.data.clone()).collect();
+    let want: Vec<String> = (0..100).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
+    assert_eq!(payloads, want);
+    // The replica serves new clients again.
+    relay.wait_ready_status(200).await;
+    let mut late =
+        SseClient::connect(&relay.url("/v1/deployments/d-cluster/events"), Some("98")).await;
+    assert_eq!(ids(&late.events(1).await), vec![published[98 + 1 - 1]]);
+}
