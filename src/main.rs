@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => run_serve(config).await,
             Command::Publish(args) => run_publish(config, args).await,
-            Command::Demo => run_demo(config).await,
+            Command::Demo(args) => run_demo(config, args).await,
         }
     });
     // Outside the runtime's workers: exporting the last spans blocks.
@@ -82,7 +82,7 @@ async fn run_publish(config: Config, args: sse_relay::cli::PublishArgs) -> ExitC
     }
 }
 
-async fn run_demo(mut config: Config) -> ExitCode {
+async fn run_demo(mut config: Config, args: sse_relay::cli::DemoArgs) -> ExitCode {
     let shutdown = on_signals();
     let child = if std::env::var_os("RELAY_NATS_URL").is_none() {
         match demo::ChildNats::start().await {
@@ -105,7 +105,7 @@ async fn run_demo(mut config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let pipeline = tokio::spawn(demo::simulate_pipeline(store, shutdown.clone()));
+    let pipeline = tokio::spawn(demo::simulate_pipeline(store, args.pace, shutdown.clone()));
     let nats_url = config.nats_url.clone();
     let result = server::serve(config, shutdown.clone(), move |addr| {
         let host = if addr.ip().is_unspecified() {

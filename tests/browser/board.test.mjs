@@ -1,0 +1,111 @@
+// The board in a real browser (Debian's Chromium, driven by playwright-core) behind a real load
+// balancer (Debian's nginx, round robin, buffering off) in front of two relay replicas.
+import assert from "node:assert/strict";
+import { readFileSync, mkdirSync } from "node:fs";
+import path from "node:path";
+import { after, before, test } from "node:test";
+
+import {
+  ROOT, launchBrowser, openConnections, sleep, startNats, startNginx, startPipeline, startRelay,
+  stop, timelineSeqs, until,
+} from "./harness.mjs";
+
+let browser;
+before(async () => { browser = await launchBrowser(); });
+after(async () => { await browser?.close(); });
+
+/** Waits until the page has every sequence of `expected`, then checks it has exactly those. */
+async function expectExactly(page, expected) {
+  await until(`page to hold ${expected.length} events`, async () =>
+    (await page.evaluate(() => window.relayLog.length)) >= expected.length);
+  await sleep(500); // anything extra would show up now
+  const log = await page.evaluate(() => window.relayLog.slice());
+  assert.deepEqual(log, expected, "every published event exactly once, in order");
+}
+
+test("the page reconnects through nginx to the other replica after a SIGKILL and misses nothing", async () => {
+  const nats = await startNats();
+  const relays = [await startRelay(nats.url, { RELAY_RETRY: "500ms" }), await startRelay(nats.url, { RELAY_RETRY: "500ms" })];
+  const lb = await startNginx(relays.map((r) => r.base));
+  const pipeline = await startPipeline(nats.url);
+  const page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
+  try {
+    await page.goto(`${lb.base}/?pavilion=p-1&pavilion=p-2`);
+    await until("live", () => page.evaluate(() => window.relayMode === "live"));
+    await until("some events", async () => (await page.evaluate(() => window.relayLog.length)) >= 8);
+
+    // Kill the replica that holds the browser's connection.
+    const counts = await Promise.all(relays.map((r) => openConnections(r.base, "multi")));
+    const serving = counts.indexOf(1);
+    assert.notEqual(serving, -1, `one replica serves the page (${counts})`);
+    const before = await page.evaluate(() => window.relayLog.length);
+    await stop(relays[serving].child, "SIGKILL");
+    const survivor = relays[1 - serving];
+    await until("reconnected to the survivor", async () => (await openConnections(survivor.base, "multi")) === 1);
+    await until("events after the kill", async () => (await page.evaluate(() => window.relayLog.length)) > before + 5);
+    assert.equal(await page.evaluate(() => window.relayMode), "live");
+
+    await stop(pipeline);
+    const expected = [...await timelineSeqs(survivor.base, "pavilions", "p-1"),
+      ...await timelineSeqs(survivor.base, "pavilions", "p-2")].sort((a, b) => a - b);
+    assert.ok(expected.length >= 20, `enough events published (${expected.length})`);
+    await expectExactly(page, expected);
+
+    // The board shows deployments moving through the stages, with text states.
+    const rows = await page.locator("#rows tr").count();
+    assert.ok(rows >= 2, `deployment rows (${rows})`);
+    assert.ok((await page.locator("td.succeeded").count()) > 0, "succeeded stages");
+    assert.equal(await page.locator("#connection").textContent(), "live");
+
+    // The screenshot for the README.
+    const shot = path.join(ROOT, "docs", "board.png");
+    mkdirSync(path.dirname(shot), { recursive: true });
+    await page.screenshot({ path: shot, fullPage: true });
+    const png = readFileSync(shot);
+    assert.ok(png.length > 10_000, "a non-trivial PNG");
+    assert.deepEqual([...png.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], "PNG signature");
+  } finally {
+    await page.close();
+    await stop(pipeline);
+    for (const r of relays) await stop(r.child);
+    await stop(lb.child);
+    await stop(nats.child);
+  }
+});
+
+test("refused by the per-key limit, the page polls, misses nothing, and goes live when a slot frees", async () => {
+  const nats = await startNats();
+  const env = { RELAY_RETRY: "500ms", RELAY_MAX_CONNECTIONS_PER_KEY: "1" };
+  const relays = [await startRelay(nats.url, env), await startRelay(nats.url, env)];
+  const lb = await startNginx(relays.map((r) => r.base));
+  const pipeline = await startPipeline(nats.url);
+  // Other clients hold the only slot for pavilion p-1 on both replicas.
+  const holders = relays.map(() => new AbortController());
+  await Promise.all(relays.map(async (r, i) => {
+    const res = await fetch(`${r.base}/v1/pavilions/p-1/events`, { signal: holders[i].signal });
+    assert.equal(res.status, 200);
+    res.body.getReader().read().catch(() => {});
+  }));
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 } }); // phone width
+  try {
+    await page.goto(`${lb.base}/?pavilion=p-1`);
+    await until("polling", async () => (await page.locator("#connection").textContent()) === "polling");
+    await until("events while polling", async () => (await page.evaluate(() => window.relayLog.length)) >= 6);
+    assert.equal(await page.evaluate(() => window.relayMode), "polling");
+
+    for (const h of holders) h.abort();
+    await until("live again", () => page.evaluate(() => window.relayMode === "live"), 60_000);
+    const live = await page.evaluate(() => window.relayLog.length);
+    await until("events after going live", async () => (await page.evaluate(() => window.relayLog.length)) > live + 3);
+
+    await stop(pipeline);
+    const expected = await timelineSeqs(relays[0].base, "pavilions", "p-1");
+    await expectExactly(page, expected);
+  } finally {
+    await page.close();
+    await stop(pipeline);
+    for (const r of relays) await stop(r.child);
+    await stop(lb.child);
+    await stop(nats.child);
+  }
+});
