@@ -26,6 +26,7 @@ help:
 	@echo "make test   - install what is missing, then fmt, clippy, unit and integration tests"
 	@echo "make tools  - install the pinned nats-server $(NATS_SERVER_VERSION) into .tools/"
 	@echo "make check-deploy - lint the Dockerfile, render and validate the Helm chart"
+	@echo "make bench  - the load benchmark (BENCH_QUICK=1 for a smoke run)"
 
 tools: $(NATS_SERVER)
 
@@ -71,6 +72,10 @@ test: tools check-deploy browser-tools
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
 	cd $(BROWSER_DIR) && RELAY_BIN=$(CURDIR)/target/debug/sse-relay node --test --test-concurrency=1
+
+# The load benchmark (release build): BENCH_QUICK=1 for a smoke run. See README "Benchmark".
+bench: tools
+	$(CARGO) bench --bench load
 
 clean:
 	$(CARGO) clean

@@ -54,6 +54,9 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub stream_max_age: Duration,
     pub stream_max_msgs_per_subject: i64,
+    /// Consumers the stream allows: one per open SSE connection on every replica. nats-server
+    /// 2.15 otherwise applies a default of 1000 per stream.
+    pub stream_max_consumers: i32,
     pub max_connections: usize,
     pub max_connections_per_key: usize,
     #[serde(with = "humantime_serde")]
@@ -90,6 +93,7 @@ impl Default for Config {
             stream_replicas: stream.num_replicas,
             stream_max_age: stream.max_age,
             stream_max_msgs_per_subject: stream.max_messages_per_subject,
+            stream_max_consumers: stream.max_consumers,
             max_connections: 10_000,
             max_connections_per_key: 100,
             heartbeat: Duration::from_secs(25),
@@ -182,6 +186,12 @@ impl Config {
                 "must be a positive count, or -1 for unlimited",
             ));
         }
+        if self.stream_max_consumers < 1 {
+            return Err(ConfigError::new(
+                "RELAY_STREAM_MAX_CONSUMERS",
+                "must be a positive count (the server substitutes its own default for -1 or 0)",
+            ));
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::new(
                 "RELAY_MAX_CONNECTIONS",
@@ -218,6 +228,7 @@ impl Config {
             replicas: self.stream_replicas,
             max_age: self.stream_max_age,
             max_msgs_per_subject: self.stream_max_msgs_per_subject,
+            max_consumers: self.stream_max_consumers,
         }
     }
 
@@ -269,6 +280,7 @@ mod tests {
         assert_eq!(c.stream_replicas, 1);
         assert_eq!(c.stream_max_age, Duration::from_secs(24 * 3600));
         assert_eq!(c.stream_max_msgs_per_subject, 10_000);
+        assert_eq!(c.stream_max_consumers, 100_000);
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.max_connections_per_key, 100);
         assert_eq!(c.heartbeat, Duration::from_secs(25));

@@ -28,6 +28,7 @@ pub struct StreamSettings {
     pub replicas: usize,
     pub max_age: Duration,
     pub max_msgs_per_subject: i64,
+    pub max_consumers: i32,
 }
 
 impl StreamSettings {
@@ -38,6 +39,7 @@ impl StreamSettings {
             num_replicas: self.replicas,
             max_age: self.max_age,
             max_messages_per_subject: self.max_msgs_per_subject,
+            max_consumers: self.max_consumers,
             ..stream_definition().clone()
         }
     }
@@ -69,6 +71,8 @@ mod tests {
         assert_eq!(def.max_age, Duration::from_secs(24 * 3600));
         assert_eq!(def.max_messages_per_subject, 10_000);
         assert!(def.duplicate_window > Duration::ZERO);
+        // nats-server 2.15 caps streams without an explicit limit at 1000 consumers.
+        assert!(def.max_consumers >= 100_000);
     }
 
     #[test]
@@ -78,12 +82,14 @@ mod tests {
             replicas: 3,
             max_age: Duration::from_secs(60),
             max_msgs_per_subject: 5,
+            max_consumers: 7,
         };
         let config = settings.to_stream_config();
         assert_eq!(config.name, "OTHER");
         assert_eq!(config.num_replicas, 3);
         assert_eq!(config.max_age, Duration::from_secs(60));
         assert_eq!(config.max_messages_per_subject, 5);
+        assert_eq!(config.max_consumers, 7);
         assert_eq!(config.subjects, stream_definition().subjects);
         assert_eq!(
             config.duplicate_window,

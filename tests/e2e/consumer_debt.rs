@@ -39,3 +39,27 @@ async fn consumers_are_deleted_when_clients_leave() {
     let mut client = SseClient::connect(&url, None).await;
     assert_eq!(client.next_event().await.id.as_deref(), Some("1"));
 }
+
+/// nats-server 2.15 limits streams without an explicit `max_consumers` to 1000 consumers; the
+/// relay's stream sets its own, so more than a thousand browsers fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_a_thousand_clients_fit_on_one_stream() {
+    let nats = Nats::start().await;
+    let relay = Relay::start(&nats.url(), &[]).await;
+    let js = nats.jetstream().await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let mut clients = Vec::new();
+    // 21 deployments × 50 clients (the per-key limit is 100).
+    for d in 0..21 {
+        let url = relay.url(&format!("/v1/deployments/d-many-{d}/events"));
+        let batch = (0..50).map(|_| {
+            let url = url.clone();
+            async move { SseClient::connect(&url, None).await }
+        });
+        clients.extend(futures::future::join_all(batch).await);
+    }
+    assert_eq!(nats.consumer_count(&js).await, 1050);
+    let seq = publisher.deploy("d-many-20", r#"{"to":"everyone"}"#).await;
+    let last = clients.last_mut().expect("clients");
+    assert_eq!(ids(&last.events(1).await), vec![seq]);
+}
