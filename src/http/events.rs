@@ -92,7 +92,11 @@ async fn open_stream(
     if let Some(opening) = subscription.opening {
         first.push_back(opening_frame(opening));
     }
-    let connection_span = tracing::info_span!(
+    // Only built when exported: a live span costs about a kilobyte per idle connection.
+    let connection_span = if !telemetry::exporting() {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
         "sse.connection",
         otel.kind = "internal",
         relay.connection_id = %subscription.feed.connection_id(),
@@ -101,11 +105,10 @@ async fn open_stream(
         relay.events_delivered = tracing::field::Empty,
         relay.end_reason = tracing::field::Empty,
         trace_id = tracing::field::Empty,
-    );
-    if telemetry::exporting() {
-        if let Some(id) = propagation::trace_id(&connection_span) {
-            connection_span.record("trace_id", id);
-        }
+        )
+    };
+    if let Some(id) = propagation::trace_id(&connection_span) {
+        connection_span.record("trace_id", id);
     }
     let open = OpenConnection::new(
         permit,

@@ -27,6 +27,7 @@ pub async fn watch_stream(
 ) -> Result<(), ServerTooOld> {
     let mut provisioned = false;
     let mut was_ready = false;
+    let mut offline_peers: Vec<String> = Vec::new();
     loop {
         let connected = store.is_connected();
         readiness.set_nats_connected(connected);
@@ -42,8 +43,22 @@ pub async fn watch_stream(
                     Err(err) => tracing::warn!(error = %err, "stream provisioning failed"),
                 }
             }
-            match store.stream_state().await {
-                Ok(_) => reachable = true,
+            match store.stream_info().await {
+                Ok(info) => {
+                    reachable = true;
+                    // A stream peer that went offline took the consumers it hosted with it.
+                    let offline: Vec<String> = info
+                        .cluster
+                        .iter()
+                        .flat_map(|c| c.replicas.iter())
+                        .filter(|peer| peer.offline)
+                        .map(|peer| peer.name.clone())
+                        .collect();
+                    if offline.iter().any(|p| !offline_peers.contains(p)) {
+                        store.reset_consumers("a stream peer went offline");
+                    }
+                    offline_peers = offline;
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "stream unreachable");
                     provisioned = false;

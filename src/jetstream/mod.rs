@@ -50,11 +50,11 @@ impl StoreError {
 #[derive(Clone)]
 pub struct EventStore {
     client: async_nats::Client,
-    /// Counts events after which consumers may be gone: (re)connections and stream leader
-    /// elections. Open feeds re-create their consumers when it changes, because a restarted or
-    /// failed server has lost the ones it hosted (they are in-memory, R1) and waiting for the
-    /// client library to notice takes 15 to 30 s.
-    connections: watch::Receiver<u64>,
+    /// Counts events after which consumers may be gone: (re)connections, stream leader
+    /// elections, stream peers going offline. Open feeds re-create their consumers when it
+    /// changes, because a failed or restarted server has lost the ones it hosted (in-memory, R1)
+    /// and the client library only notices after missed heartbeats or a failed pull.
+    resets: Arc<watch::Sender<u64>>,
     js: jetstream::Context,
     stream_name: Arc<str>,
     replica_id: Arc<str>,
@@ -64,8 +64,8 @@ pub struct EventStore {
 }
 
 impl EventStore {
-    /// Connects (see [`connect`]) and tracks reconnections and stream leader elections for the
-    /// feeds.
+    /// Connects (see [`connect`]) and re-creates the feeds' consumers after reconnections and
+    /// stream leader elections.
     pub async fn connect<F>(
         config: &crate::config::Config,
         on_event: F,
@@ -73,56 +73,73 @@ impl EventStore {
     where
         F: Fn(async_nats::Event) + Send + Sync + 'static,
     {
-        let (resets_tx, connections) = watch::channel(0);
-        let resets_tx = Arc::new(resets_tx);
+        let resets = Arc::new(watch::channel(0).0);
         let client = connect(config, {
-            let resets_tx = resets_tx.clone();
+            let resets = resets.clone();
             move |event| {
                 if matches!(event, async_nats::Event::Connected) {
-                    resets_tx.send_modify(|n| *n += 1);
+                    resets.send_modify(|n| *n += 1);
                 }
                 on_event(event);
             }
         })
         .await?;
+        let store = Self::with_resets(client, &config.stream, resets);
         // A new stream leader means a node of the stream failed or stepped down; the consumers
         // it hosted are gone without this client's connection noticing.
         let advisory = format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{}", config.stream);
-        let mut elections = client
+        let mut elections = store
+            .client
             .subscribe(advisory)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let on_election = store.clone();
         tokio::spawn(async move {
             use futures::StreamExt;
             while elections.next().await.is_some() {
-                tracing::info!("stream leader elected; re-creating consumers");
-                resets_tx.send_modify(|n| *n += 1);
+                on_election.reset_consumers("stream leader elected");
             }
         });
-        Ok(Self::with_connections(client, &config.stream, connections))
+        Ok(store)
     }
 
     /// Wraps an existing client (publishers, tests); its feeds rely on the client library alone
-    /// to recover consumers.
+    /// to recover consumers unless [`EventStore::reset_consumers`] is called.
     pub fn new(client: async_nats::Client, stream_name: &str) -> Self {
-        Self::with_connections(client, stream_name, watch::channel(0).1)
+        Self::with_resets(client, stream_name, Arc::new(watch::channel(0).0))
     }
 
-    fn with_connections(
+    fn with_resets(
         client: async_nats::Client,
         stream_name: &str,
-        connections: watch::Receiver<u64>,
+        resets: Arc<watch::Sender<u64>>,
     ) -> Self {
         let js = jetstream::new(client.clone());
         Self {
             client,
-            connections,
+            resets,
             js,
             stream_name: stream_name.into(),
             replica_id: new_replica_id().into(),
             next_consumer: Arc::new(AtomicU64::new(1)),
             deletions: TaskTracker::new(),
         }
+    }
+
+    /// Makes every open feed re-create its consumer after the last sequence it delivered.
+    pub fn reset_consumers(&self, reason: &str) {
+        tracing::info!(reason, "re-creating consumers");
+        self.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves at the next consumer reset after now.
+    fn next_reset(&self) -> futures::future::BoxFuture<'static, ()> {
+        let mut resets = self.resets.subscribe();
+        Box::pin(async move {
+            if resets.changed().await.is_err() {
+                futures::future::pending::<()>().await;
+            }
+        })
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -159,6 +176,11 @@ impl EventStore {
 
     /// The stream's current state (one API request), or why it cannot be had.
     pub async fn stream_state(&self) -> Result<jetstream::stream::State, StoreError> {
+        Ok(self.stream_info().await?.state)
+    }
+
+    /// The stream's state and cluster placement (one API request).
+    pub async fn stream_info(&self) -> Result<jetstream::stream::Info, StoreError> {
         let info = tokio::time::timeout(API_TIMEOUT, async {
             let stream = self.js.get_stream_no_info(&*self.stream_name).await?;
             stream.get_info().await.map_err(async_nats::Error::from)
@@ -166,7 +188,7 @@ impl EventStore {
         .await
         .map_err(StoreError::unavailable)?
         .map_err(StoreError::unavailable)?;
-        Ok(info.state)
+        Ok(info)
     }
 }
 

@@ -23,7 +23,6 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use futures::{Stream, StreamExt};
 use metrics::counter;
-use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::{EventStore, StoreError, API_TIMEOUT, EVENT_TYPE_HEADER};
@@ -112,7 +111,7 @@ impl EventStore {
             feed: EventFeed {
                 state: FeedState::Streaming(Box::new(messages)),
                 floor,
-                reconnected: next_connection(self.connections.clone()),
+                reconnected: self.next_reset(),
                 connection_id: lease.name_prefix.clone(),
                 lease,
                 store: self.clone(),
@@ -251,21 +250,11 @@ pub struct EventFeed {
     lease: ConsumerLease,
     /// The highest sequence the client has (resume point or last yielded).
     floor: u64,
-    /// Resolves when the NATS client reconnects.
+    /// Resolves at the next consumer reset (reconnection, leader election, peer lost).
     reconnected: BoxFuture<'static, ()>,
     store: EventStore,
     filters: Vec<String>,
     connection_id: String,
-}
-
-/// Resolves at the next (re)connection after now; never if connections are not tracked.
-fn next_connection(mut connections: watch::Receiver<u64>) -> BoxFuture<'static, ()> {
-    connections.borrow_and_update();
-    Box::pin(async move {
-        if connections.changed().await.is_err() {
-            futures::future::pending::<()>().await;
-        }
-    })
 }
 
 type Reopening = BoxFuture<'static, Result<(Ordered, ConsumerLease), FeedError>>;
@@ -284,7 +273,7 @@ impl Stream for EventFeed {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if this.reconnected.poll_unpin(cx).is_ready() {
-            this.reconnected = next_connection(this.store.connections.clone());
+            this.reconnected = this.store.next_reset();
             if matches!(this.state, FeedState::Streaming(_)) {
                 tracing::debug!(
                     floor = this.floor,

@@ -21,15 +21,9 @@ pub const STREAM: &str = "DEPLOY_EVENTS";
 /// Upper bound for any single wait in these tests; a hang fails fast instead of stalling CI.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// NATS_SERVER_BIN, the project's tools folder, or PATH: the lookup the demo uses.
 pub fn nats_server_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN").filter(|b| !b.is_empty()) {
-        return PathBuf::from(bin);
-    }
-    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/py/bin/nats-server");
-    if tools.is_file() {
-        return tools;
-    }
-    PathBuf::from("nats-server")
+    sse_relay::demo::nats_server_binary()
 }
 
 fn free_port() -> u16 {
