@@ -24,6 +24,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 
 const K_DEPLOYMENTS: usize = 100;
+/// How long a run waits after publishing for every client to have every event; what has not
+/// arrived by then counts as lost.
+const DELIVERY_WAIT_SECS: u64 = 120;
 const OPEN_FILES_LIMIT: u64 = 20_000;
 
 // ---------------------------------------------------------------------------------------------
@@ -193,10 +196,15 @@ struct Relay {
 
 impl Relay {
     async fn start(nats_urls: &str, replicas: usize) -> Relay {
+        Self::start_with(nats_urls, replicas, &[]).await
+    }
+
+    async fn start_with(nats_urls: &str, replicas: usize, env: &[(&str, String)]) -> Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sse-relay"));
+        child.env_clear();
+        child.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         child
             .arg("serve")
-            .env_clear()
             .env("RELAY_NATS_URL", nats_urls)
             .env("RELAY_LISTEN", "127.0.0.1:0")
             .env("RELAY_LOG", "warn,sse_relay::server=info")
@@ -447,6 +455,17 @@ fn check(expected: &[u64], subject_of: &[usize], received: &[Arc<Mutex<Received>
         let unique = counters.len() as u64;
         out.duplicated += before - unique;
         out.lost += want.saturating_sub(unique);
+        if want > unique && std::env::var("BENCH_DEBUG").is_ok() {
+            let missing: Vec<u64> = (0..want)
+                .filter(|n| counters.binary_search(n).is_err())
+                .collect();
+            eprintln!(
+                "  client {i} subject {}: {unique}/{want}, last id {}, missing {:?}",
+                subject_of[i],
+                rec.last_id,
+                &missing[..missing.len().min(10)]
+            );
+        }
         if !rec.ids_increasing {
             out.duplicated += 1;
         }
@@ -626,7 +645,7 @@ async fn relay_run(
     let elapsed = started.elapsed().as_secs_f64();
     // Let deliveries finish (bounded).
     let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(DELIVERY_WAIT_SECS);
     loop {
         let got: u64 = received
             .iter()
@@ -872,6 +891,31 @@ async fn storm_run(
     }
 }
 
+/// An OTLP/HTTP endpoint that accepts and discards spans: the cost of tracing without a collector
+/// on the same cores.
+async fn otlp_sink() -> (String, Arc<AtomicUsize>) {
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let counter = bytes.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(body.len(), Ordering::Relaxed);
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sink");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.ok();
+    });
+    (format!("http://{addr}"), bytes)
+}
+
 fn list_env(name: &str, default: &[u64]) -> Vec<u64> {
     std::env::var(name)
         .ok()
@@ -971,25 +1015,59 @@ async fn main() {
         }
     }
 
+    if parts.contains("traced") || parts.contains("sweep") {
+        // Tracing cost: every delivery traced (always_on) and exported to a local sink.
+        let (endpoint, exported) = otlp_sink().await;
+        let c = if quick { 500 } else { 1000 };
+        let rate = if quick { 200 } else { 1000 };
+        for traced in [false, true] {
+            let env: Vec<(&str, String)> = if traced {
+                vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+                    ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
+                    ("OTEL_BSP_MAX_QUEUE_SIZE", "65536".to_owned()),
+                ]
+            } else {
+                Vec::new()
+            };
+            let relay = Relay::start_with(&nats.url_list(), 1, &env).await;
+            let mut row = relay_run(
+                &mut nats,
+                std::slice::from_ref(&relay),
+                c,
+                rate,
+                seconds,
+                false,
+            )
+            .await;
+            row.mode = if traced { "relay+traces" } else { "relay" };
+            emit(row.line());
+        }
+        emit(format!(
+            "(spans exported to the sink: {:.1} MiB of OTLP protobuf)",
+            exported.load(Ordering::Relaxed) as f64 / 1048576.0
+        ));
+    }
     if !parts.contains("storm") && !parts.contains("scale") {
         return;
     }
-    let relay = Relay::start(&nats.url_list(), 1).await;
-    let storm = storm_run(
-        &nats,
-        &relay,
-        storm_clients,
-        rates[0] as u32,
-        Duration::from_secs(3),
-    )
-    .await;
-    emit(String::new());
-    emit("| reconnect storm | clients | all live again after s | consumer creations/s | lost | dup |\n|---|---|---|---|---|---|".to_owned());
-    emit(format!(
-        "| all dropped at once, back with Last-Event-ID jittered over 3 s | {} | {:.2} | {:.0} | {} | {} |",
-        storm.clients, storm.reconnect_seconds, storm.consumers_per_s, storm.lost, storm.duplicated
-    ));
-    drop(relay);
+    if parts.contains("storm") {
+        let relay = Relay::start(&nats.url_list(), 1).await;
+        let storm = storm_run(
+            &nats,
+            &relay,
+            storm_clients,
+            rates[0] as u32,
+            Duration::from_secs(3),
+        )
+        .await;
+        emit(String::new());
+        emit("| reconnect storm | clients | all live again after s | consumer creations/s | lost | dup |\n|---|---|---|---|---|---|".to_owned());
+        emit(format!(
+            "| all dropped at once, back with Last-Event-ID jittered over 3 s | {} | {:.2} | {:.0} | {} | {} |",
+            storm.clients, storm.reconnect_seconds, storm.consumers_per_s, storm.lost, storm.duplicated
+        ));
+    }
     drop(nats);
 
     let mut cluster = Nats::cluster().await;
