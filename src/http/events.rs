@@ -340,7 +340,7 @@ impl FrameStream {
                 item = run.stream.feed.next() => match item {
                     Some(Ok(event)) => {
                         run.stream.open.record_delivery(&event);
-                        sse::event_frame(event.seq, &event.event_type, &event.payload)
+                        sse::event_frame(event.seq, event.event_type(), &event.payload)
                     }
                     Some(Err(err)) => {
                         run.stream.open.span.in_scope(|| {

@@ -51,8 +51,8 @@ impl TimelineEvent {
             .unwrap_or_default();
         Self {
             seq: event.seq,
-            subject: event.subject,
-            event_type: event.event_type,
+            subject: event.subject.to_string(),
+            event_type: event.event_type().to_owned(),
             time,
             data,
         }
@@ -135,13 +135,8 @@ async fn fetch(
         while let Some(message) = batch.next().await {
             let message = message?;
             let info = message.info()?;
-            let event = RelayEvent::new(
-                info.stream_sequence,
-                message.subject.as_str(),
-                message.headers.as_ref(),
-                message.payload.clone(),
-                info.published,
-            );
+            let (seq, published) = (info.stream_sequence, info.published);
+            let event = RelayEvent::from_message(seq, published, message.split().0);
             events.push(TimelineEvent::from_event(event));
         }
         if events.len() == before {

@@ -84,8 +84,12 @@ async fn sigterm_drains_every_client_to_another_replica() {
         })
         .collect();
 
-    // Let some events flow to everyone, then SIGTERM.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once events reach every client (each of the first 100 to all 50), SIGTERM.
+    let deadline = Instant::now() + WAIT;
+    while sample(&a.metrics().await, "relay_events_delivered_total") < (CLIENTS * 100) as f64 {
+        assert!(Instant::now() < deadline, "events did not flow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     a.sigterm();
     sigterm_tx.send(()).ok();
