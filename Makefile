@@ -64,8 +64,10 @@ test-browser: tools browser-tools
 	$(CARGO) build --quiet
 	cd $(BROWSER_DIR) && RELAY_BIN=$(CURDIR)/target/debug/sse-relay node --test --test-concurrency=1
 
+# Human-readable, quieter logs for the demo unless the environment says otherwise.
 run: tools
-	$(CARGO) run --quiet -- demo
+	RELAY_LOG="$${RELAY_LOG:-warn,sse_relay=info}" RELAY_LOG_FORMAT="$${RELAY_LOG_FORMAT:-pretty}" \
+	  $(CARGO) run --quiet -- demo
 
 test: tools check-deploy browser-tools
 	$(CARGO) fmt --check

@@ -73,6 +73,7 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), ConfigError> {
             .with_filter(env_filter)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .with_filter(env_filter)
             .boxed(),
