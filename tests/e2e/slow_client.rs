@@ -9,7 +9,7 @@ use crate::support::*;
 const EVENT_BYTES: usize = 10 * 1024;
 const EVENTS: usize = 2048; // 20 MiB
 /// Stated bound on relay RSS growth while 20 MiB flow past a stalled client.
-const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
+const RSS_GROWTH_BOUND_KIB: u64 = 8 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_is_cut_off_without_growing_the_relay() {
