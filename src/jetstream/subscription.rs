@@ -188,7 +188,8 @@ impl EventStore {
         };
         let mut delay = Duration::from_millis(100);
         let mut last_error = String::new();
-        for _ in 0..REOPEN_ATTEMPTS {
+        let deadline = tokio::time::Instant::now() + REOPEN_FOR;
+        while tokio::time::Instant::now() < deadline {
             match self.open_consumer(&filters, policy).await {
                 Ok(opened) => return Ok(opened),
                 Err(err) => last_error = err.to_string(),
@@ -208,9 +209,9 @@ const PULL_BATCH: i64 = 100;
 /// noticed (two missed heartbeats) within about this long even when no other signal arrives.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 
-/// How often a failed consumer is re-created before the stream gives up and the client is left
-/// to reconnect (about a minute).
-const REOPEN_ATTEMPTS: u32 = 35;
+/// How long a failed consumer is re-created before the stream gives up and the client is left to
+/// reconnect (to this or another replica) with its Last-Event-ID.
+const REOPEN_FOR: Duration = Duration::from_secs(30);
 
 /// Where the consumer starts, what to tell the client first, and the highest sequence the
 /// client already has.
