@@ -429,6 +429,25 @@ fn http_clients() -> Vec<reqwest::Client> {
         .collect()
 }
 
+/// Waits until the clients hold `total` events between them, or `wait` has passed.
+async fn wait_delivered<'a>(
+    received: impl Iterator<Item = &'a Arc<Mutex<Received>>> + Clone,
+    total: u64,
+    wait: Duration,
+) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let got: u64 = received
+            .clone()
+            .map(|r| r.lock().expect("lock").counters.len() as u64)
+            .sum();
+        if got >= total || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 struct Outcome {
     held: usize,
     delivered: u64,
@@ -645,17 +664,12 @@ async fn relay_run(
     let elapsed = started.elapsed().as_secs_f64();
     // Let deliveries finish (bounded).
     let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
-    let deadline = Instant::now() + Duration::from_secs(DELIVERY_WAIT_SECS);
-    loop {
-        let got: u64 = received
-            .iter()
-            .map(|r| r.lock().expect("lock").counters.len() as u64)
-            .sum();
-        if got >= total || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_delivered(
+        received.iter(),
+        total,
+        Duration::from_secs(DELIVERY_WAIT_SECS),
+    )
+    .await;
     let relay_cpu = (relays.iter().map(|r| r.proc.cpu_seconds()).sum::<f64>() - relay_cpu_before)
         / elapsed
         * 100.0;
@@ -726,17 +740,7 @@ async fn ceiling_run(nats: &Nats, clients: usize, rate: u32, seconds: f64) -> Ro
     let expected = publish_load(&nats.url_list(), &run, rate, seconds).await;
     let elapsed = started.elapsed().as_secs_f64();
     let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got: u64 = received
-            .iter()
-            .map(|r| r.lock().expect("lock").counters.len() as u64)
-            .sum();
-        if got >= total || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_delivered(received.iter(), total, Duration::from_secs(30)).await;
     let nats_cpu = (nats.cpu_seconds() - nats_cpu_before) / elapsed * 100.0;
     let nats_rss = nats.rss_mib();
     drop(conns);
@@ -865,17 +869,12 @@ async fn storm_run(
     let created = relay.metric("relay_consumers_created_total").await - created_before;
     let expected = publisher.await.expect("publisher");
     let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got: u64 = received
-            .iter()
-            .map(|(r, _)| r.lock().expect("lock").counters.len() as u64)
-            .sum();
-        if got >= total || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_delivered(
+        received.iter().map(|(r, _)| r),
+        total,
+        Duration::from_secs(DELIVERY_WAIT_SECS),
+    )
+    .await;
     last.cancel();
     for t in tasks {
         t.await.ok();
