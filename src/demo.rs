@@ -145,102 +145,43 @@ async fn run_deployment(
     outcome: Outcome,
     pace: Duration,
 ) {
+    let (Ok(d), Ok(p)) = (SubjectKey::parse(deployment), SubjectKey::parse(pavilion)) else {
+        return;
+    };
+    let run = DeploymentRun {
+        store,
+        deployment: Subject::deployment(d),
+        pavilion: Subject::pavilion(p),
+    };
     let mut failed = false;
     for stage in STAGES {
         if failed {
-            emit(
-                store,
-                pavilion,
-                deployment,
-                stage,
-                "skipped",
-                1,
-                "Skipped: an earlier stage failed",
-            )
-            .await;
+            run.emit(stage, "skipped", 1, "Skipped: an earlier stage failed")
+                .await;
             continue;
         }
-        emit(
-            store,
-            pavilion,
-            deployment,
-            stage,
-            "started",
-            1,
-            &format!("Starting {stage}"),
-        )
-        .await;
+        run.emit(stage, "started", 1, &format!("Starting {stage}"))
+            .await;
         pause(pace).await;
-        emit(
-            store,
-            pavilion,
-            deployment,
-            stage,
-            "progress",
-            1,
-            &format!("{stage} in progress"),
-        )
-        .await;
+        run.emit(stage, "progress", 1, &format!("{stage} in progress"))
+            .await;
         pause(pace).await;
         match outcome {
             Outcome::Fails(at) if at == stage => {
-                emit(
-                    store,
-                    pavilion,
-                    deployment,
-                    stage,
-                    "failed",
-                    1,
-                    "Pods did not become ready",
-                )
-                .await;
+                run.emit(stage, "failed", 1, "Pods did not become ready")
+                    .await;
                 failed = true;
             }
             Outcome::FailsThenRetries(at) if at == stage => {
-                emit(
-                    store,
-                    pavilion,
-                    deployment,
-                    stage,
-                    "failed",
-                    1,
-                    "Sync failed; retrying",
-                )
-                .await;
+                run.emit(stage, "failed", 1, "Sync failed; retrying").await;
                 pause(pace).await;
-                emit(
-                    store,
-                    pavilion,
-                    deployment,
-                    stage,
-                    "started",
-                    2,
-                    "Retrying sync",
-                )
-                .await;
+                run.emit(stage, "started", 2, "Retrying sync").await;
                 pause(pace).await;
-                emit(
-                    store,
-                    pavilion,
-                    deployment,
-                    stage,
-                    "succeeded",
-                    2,
-                    "Synced on retry",
-                )
-                .await;
+                run.emit(stage, "succeeded", 2, "Synced on retry").await;
             }
             _ => {
-                emit(
-                    store,
-                    pavilion,
-                    deployment,
-                    stage,
-                    "succeeded",
-                    1,
-                    &format!("{stage} done"),
-                )
-                .await
+                run.emit(stage, "succeeded", 1, &format!("{stage} done"))
+                    .await
             }
         }
     }
@@ -252,36 +193,35 @@ async fn pause(pace: Duration) {
     tokio::time::sleep(pace.mul_f64(factor)).await;
 }
 
-async fn emit(
-    store: &EventStore,
-    pavilion: &str,
-    deployment: &str,
-    stage: &str,
-    status: &str,
-    attempt: u32,
-    message: &str,
-) {
-    let at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let payload = json!({
-        "deployment_id": deployment, "pavilion_id": pavilion, "stage": stage,
-        "status": status, "at": at, "message": message, "attempt": attempt,
-    })
-    .to_string();
-    let msg_id = format!("{deployment}-{stage}-{status}-{attempt}");
-    let (Ok(d), Ok(p)) = (SubjectKey::parse(deployment), SubjectKey::parse(pavilion)) else {
-        return;
-    };
-    for (subject, id) in [
-        (Subject::deployment(d), msg_id.clone()),
-        (Subject::pavilion(p), format!("{msg_id}:pavilion")),
-    ] {
-        if let Err(err) = store
-            .publish(&subject, Some("stage"), Some(&id), payload.clone().into())
-            .await
-        {
-            tracing::warn!(error = %err, %subject, "demo publish failed");
+/// One deployment of one pavilion walking the stages: each step is published to both subjects.
+struct DeploymentRun<'a> {
+    store: &'a EventStore,
+    deployment: Subject,
+    pavilion: Subject,
+}
+
+impl DeploymentRun<'_> {
+    async fn emit(&self, stage: &str, status: &str, attempt: u32, message: &str) {
+        let at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let payload = json!({
+            "deployment_id": self.deployment.key.as_str(), "pavilion_id": self.pavilion.key.as_str(),
+            "stage": stage, "status": status, "at": at, "message": message, "attempt": attempt,
+        })
+        .to_string();
+        let msg_id = format!("{}-{stage}-{status}-{attempt}", self.deployment.key);
+        for (subject, id) in [
+            (&self.deployment, msg_id.clone()),
+            (&self.pavilion, format!("{msg_id}:pavilion")),
+        ] {
+            if let Err(err) = self
+                .store
+                .publish(subject, Some("stage"), Some(&id), payload.clone().into())
+                .await
+            {
+                tracing::warn!(error = %err, %subject, "demo publish failed");
+            }
         }
     }
 }

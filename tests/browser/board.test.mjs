@@ -6,8 +6,7 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 
 import {
-  ROOT, launchBrowser, openConnections, sleep, startNats, startNginx, startPipeline, startRelay,
-  stop, timelineSeqs, until,
+  ROOT, launchBrowser, openConnections, sleep, startStack, stop, timelineSeqs, until,
 } from "./harness.mjs";
 
 let browser;
@@ -24,10 +23,8 @@ async function expectExactly(page, expected) {
 }
 
 test("the page reconnects through nginx to the other replica after a SIGKILL and misses nothing", async () => {
-  const nats = await startNats();
-  const relays = [await startRelay(nats.url, { RELAY_RETRY: "500ms" }), await startRelay(nats.url, { RELAY_RETRY: "500ms" })];
-  const lb = await startNginx(relays.map((r) => r.base));
-  const pipeline = await startPipeline(nats.url);
+  const stack = await startStack({ RELAY_RETRY: "500ms" });
+  const { relays, lb, pipeline } = stack;
   const page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
   try {
     await page.goto(`${lb.base}/?pavilion=p-1&pavilion=p-2`);
@@ -66,19 +63,13 @@ test("the page reconnects through nginx to the other replica after a SIGKILL and
     assert.deepEqual([...png.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], "PNG signature");
   } finally {
     await page.close();
-    await stop(pipeline);
-    for (const r of relays) await stop(r.child);
-    await stop(lb.child);
-    await stop(nats.child);
+    await stack.stop();
   }
 });
 
 test("refused by the per-key limit, the page polls, misses nothing, and goes live when a slot frees", async () => {
-  const nats = await startNats();
-  const env = { RELAY_RETRY: "500ms", RELAY_MAX_CONNECTIONS_PER_KEY: "1" };
-  const relays = [await startRelay(nats.url, env), await startRelay(nats.url, env)];
-  const lb = await startNginx(relays.map((r) => r.base));
-  const pipeline = await startPipeline(nats.url);
+  const stack = await startStack({ RELAY_RETRY: "500ms", RELAY_MAX_CONNECTIONS_PER_KEY: "1" });
+  const { relays, lb, pipeline } = stack;
   // Other clients hold the only slot for pavilion p-1 on both replicas.
   const holders = relays.map(() => new AbortController());
   await Promise.all(relays.map(async (r, i) => {
@@ -103,9 +94,6 @@ test("refused by the per-key limit, the page polls, misses nothing, and goes liv
     await expectExactly(page, expected);
   } finally {
     await page.close();
-    await stop(pipeline);
-    for (const r of relays) await stop(r.child);
-    await stop(lb.child);
-    await stop(nats.child);
+    await stack.stop();
   }
 });

@@ -171,3 +171,20 @@ export async function launchBrowser() {
       "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--disable-quic"],
   });
 }
+
+/** nats-server, two relay replicas with `relayEnv`, nginx in front of them, and the pipeline. */
+export async function startStack(relayEnv) {
+  const nats = await startNats();
+  const relays = [await startRelay(nats.url, relayEnv), await startRelay(nats.url, relayEnv)];
+  const lb = await startNginx(relays.map((r) => r.base));
+  const pipeline = await startPipeline(nats.url);
+  return {
+    nats, relays, lb, pipeline,
+    async stop() {
+      await stop(pipeline);
+      for (const r of relays) await stop(r.child);
+      await stop(lb.child);
+      await stop(nats.child);
+    },
+  };
+}

@@ -15,7 +15,7 @@ async fn streams_survive_a_nats_restart_exactly_once() {
         let id = format!("before-{i}");
         published.push(
             publisher
-                .publish_until_acked(&subject, &format!(r#"{{"i":{i}}}"#), &id)
+                .publish_until_acked(&subject, &numbered(i), &id)
                 .await,
         );
     }
@@ -43,7 +43,7 @@ async fn streams_survive_a_nats_restart_exactly_once() {
                 let id = format!("after-{i}");
                 seqs.push(
                     publisher
-                        .publish_until_acked(&subject, &format!(r#"{{"i":{i}}}"#), &id)
+                        .publish_until_acked(&subject, &numbered(i), &id)
                         .await,
                 );
             }
@@ -55,14 +55,7 @@ async fn streams_survive_a_nats_restart_exactly_once() {
     published.extend(publishing.await.expect("publisher"));
 
     received.extend(from_start.events(70).await);
-    assert_eq!(
-        ids(&received),
-        published,
-        "every event exactly once, in order"
-    );
-    let payloads: Vec<String> = received.iter().map(|e| e.data.clone()).collect();
-    let want: Vec<String> = (0..100).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
-    assert_eq!(payloads, want);
+    assert_exactly_once(&received, &published);
 
     let after_tail = at_tail.events(70).await;
     assert_eq!(

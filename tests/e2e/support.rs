@@ -549,3 +549,20 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// The payload the failover tests publish as event `i`.
+pub fn numbered(i: usize) -> String {
+    format!(r#"{{"i":{i}}}"#)
+}
+
+/// `received` is exactly `published` (ids, in order, once each) carrying `numbered(0..)`.
+pub fn assert_exactly_once(received: &[SseEvent], published: &[u64]) {
+    assert_eq!(
+        ids(received),
+        published,
+        "every event exactly once, in order"
+    );
+    let payloads: Vec<String> = received.iter().map(|e| e.data.clone()).collect();
+    let want: Vec<String> = (0..published.len()).map(numbered).collect();
+    assert_eq!(payloads, want);
+}
