@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use auth::subject_matches;
 pub use error::ApiError;
 pub use limits::ConnectionLimits;
 pub use stall::StallGuardedListener;
