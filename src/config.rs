@@ -26,6 +26,17 @@ pub enum AuthMode {
     Jwt,
 }
 
+/// How events reach clients (`docs/api.md`, `RELAY_FANOUT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FanoutMode {
+    /// One ordered JetStream consumer per SSE connection.
+    #[default]
+    Consumer,
+    /// One live tail per replica, fanned out in process; JetStream only for old cursors.
+    Shared,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -43,6 +54,13 @@ pub enum LogFormat {
 #[serde(default)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub fanout: FanoutMode,
+    /// Shared mode: recent events (all subjects) each replica keeps for catch-ups.
+    pub ring_events: usize,
+    /// Shared mode: the most memory (bytes) the ring's events may take.
+    pub ring_bytes: usize,
+    /// Shared mode: live events a client may have queued before it falls back to catch-up.
+    pub client_backlog: usize,
     /// Comma-separated NATS server URLs.
     pub nats_url: String,
     pub nats_creds: Option<PathBuf>,
@@ -84,6 +102,10 @@ impl Default for Config {
         let stream = stream_definition();
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            fanout: FanoutMode::Consumer,
+            ring_events: 10_000,
+            ring_bytes: 32 * 1024 * 1024,
+            client_backlog: 256,
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             nats_creds: None,
             nats_token: None,
@@ -192,6 +214,15 @@ impl Config {
                 "must be a positive count (the server substitutes its own default for -1 or 0)",
             ));
         }
+        if self.ring_events == 0 {
+            return Err(ConfigError::new("RELAY_RING_EVENTS", "must be at least 1"));
+        }
+        if self.client_backlog == 0 {
+            return Err(ConfigError::new(
+                "RELAY_CLIENT_BACKLOG",
+                "must be at least 1",
+            ));
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::new(
                 "RELAY_MAX_CONNECTIONS",
@@ -274,6 +305,10 @@ mod tests {
     fn defaults_match_the_contract() {
         let c = Config::from_vars(vec![]).expect("defaults are valid");
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.fanout, FanoutMode::Consumer);
+        assert_eq!(c.ring_events, 10_000);
+        assert_eq!(c.ring_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.client_backlog, 256);
         assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
         assert_eq!(c.stream, "DEPLOY_EVENTS");
         assert!(c.stream_manage);
@@ -313,6 +348,8 @@ mod tests {
             ("RELAY_HEARTBEAT", "soon"),
             ("RELAY_MAX_CONNECTIONS", "many"),
             ("RELAY_AUTH", "magic"),
+            ("RELAY_FANOUT", "broadcast"),
+            ("RELAY_RING_EVENTS", "0"),
             ("RELAY_STREAM_MANAGE", "maybe"),
             ("RELAY_LISTEN", "here"),
             ("RELAY_HEARTBEAT", "0s"),

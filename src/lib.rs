@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fanout;
 pub mod http;
 pub mod jetstream;
 pub mod publish;

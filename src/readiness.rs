@@ -1,4 +1,5 @@
-//! Whether this replica should receive traffic: NATS connected, stream reachable, not draining.
+//! Whether this replica should receive traffic: NATS connected, stream reachable, the live tail
+//! started (shared mode), not draining.
 //! Written by the NATS watcher and the shutdown path, read by `/readyz` and every SSE request.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,8 @@ use crate::telemetry::metrics::{DRAINING, NATS_CONNECTED};
 pub struct Readiness {
     nats_connected: AtomicBool,
     stream_reachable: AtomicBool,
+    /// Shared mode: the live tail does not know where it starts yet.
+    live_tail_pending: AtomicBool,
     draining: AtomicBool,
 }
 
@@ -19,6 +22,8 @@ pub struct Readiness {
 pub enum NotReady {
     /// NATS disconnected or the stream unreachable.
     Unavailable,
+    /// Shared mode: the live tail has not started.
+    LiveTailPending,
     /// Shutting down.
     Draining,
 }
@@ -34,6 +39,11 @@ impl Readiness {
 
     pub fn set_stream_reachable(&self, reachable: bool) {
         self.stream_reachable.store(reachable, Ordering::Relaxed);
+    }
+
+    /// Shared mode: whether the live tail is still to start.
+    pub fn set_live_tail_pending(&self, pending: bool) {
+        self.live_tail_pending.store(pending, Ordering::Relaxed);
     }
 
     pub fn start_draining(&self) {
@@ -53,10 +63,12 @@ impl Readiness {
     pub fn check(&self) -> Result<(), NotReady> {
         if self.is_draining() {
             Err(NotReady::Draining)
-        } else if self.nats_connected() && self.stream_reachable.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
+        } else if !self.nats_connected() || !self.stream_reachable.load(Ordering::Relaxed) {
             Err(NotReady::Unavailable)
+        } else if self.live_tail_pending.load(Ordering::Relaxed) {
+            Err(NotReady::LiveTailPending)
+        } else {
+            Ok(())
         }
     }
 }

@@ -15,7 +15,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, FanoutMode};
+use crate::fanout::{Fanout, LiveTail, TailSettings};
 use crate::http::{router, AppState, StallGuardedListener};
 use crate::jetstream::{self, EventStore, ServerTooOld};
 use crate::readiness::Readiness;
@@ -66,12 +67,27 @@ pub async fn serve(
     .await
     .map_err(ServeError::Nats)?;
     let draining = CancellationToken::new();
-    let state = AppState::new(
-        config.clone(),
-        store.clone(),
-        readiness.clone(),
-        draining.clone(),
-    )?;
+    let tail_stop = CancellationToken::new();
+    let fanout = match config.fanout {
+        FanoutMode::Consumer => Fanout::Consumer(Box::new(store.clone())),
+        FanoutMode::Shared => {
+            let tail = LiveTail::new(
+                store.clone(),
+                TailSettings {
+                    ring_events: config.ring_events,
+                    ring_bytes: config.ring_bytes,
+                    client_backlog: config.client_backlog,
+                },
+            );
+            readiness.set_live_tail_pending(true);
+            let started = readiness.clone();
+            tokio::spawn(tail.clone().run(tail_stop.clone(), move || {
+                started.set_live_tail_pending(false)
+            }));
+            Fanout::Shared(tail)
+        }
+    };
+    let state = AppState::new(config.clone(), fanout, readiness.clone(), draining.clone())?;
     let limits = state.limits.clone();
 
     let watcher_stop = CancellationToken::new();
@@ -130,6 +146,7 @@ pub async fn serve(
     }
     stop_http.cancel();
     watcher_stop.cancel();
+    tail_stop.cancel();
     match tokio::time::timeout_at(deadline, &mut server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(err))) => tracing::warn!(error = %err, "HTTP server ended with an error"),

@@ -1,4 +1,4 @@
-//! The SSE endpoints: validate, open a subscription at the resume point, stream frames.
+//! The SSE endpoints: validate, open a client feed at the resume point, stream frames.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -21,7 +21,8 @@ use super::error::ApiError;
 use super::extract::{resume_point, PathKey, QueryPairs};
 use super::limits::{ConnectionPermit, LimitExceeded};
 use super::AppState;
-use crate::jetstream::{EventFeed, Opening, RelayEvent, Subscription};
+use crate::fanout::{ClientFeed, Opened};
+use crate::jetstream::{Opening, RelayEvent};
 use crate::readiness::NotReady;
 use crate::sse;
 use crate::subject::{ResumePoint, Subject, SubjectSet};
@@ -77,7 +78,7 @@ async fn open_stream(
 ) -> Result<Response, ApiError> {
     let resume = resume_point(headers, query)?;
     let opened = admit_and_subscribe(&state, &subjects, query, headers, resume).await;
-    let (permit, subscription) = opened.inspect_err(|err| {
+    let (permit, opened) = opened.inspect_err(|err| {
         if let Some(reason) = rejection_reason(err) {
             counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
         }
@@ -89,9 +90,10 @@ async fn open_stream(
 
     let mut first = VecDeque::new();
     first.push_back(sse::retry_frame(sse::jittered_retry_ms(state.config.retry)));
-    if let Some(opening) = subscription.opening {
+    if let Some(opening) = opened.opening {
         first.push_back(opening_frame(opening));
     }
+    let connection_id = state.connection_id();
     // Only built when spans are exported: nobody would see it otherwise.
     let connection_span = if !telemetry::exporting() {
         tracing::Span::none()
@@ -99,7 +101,7 @@ async fn open_stream(
         tracing::info_span!(
         "sse.connection",
         otel.kind = "internal",
-        relay.connection_id = %subscription.feed.connection_id(),
+        relay.connection_id = %connection_id,
         relay.subjects = %subjects.nats_subjects().join(","),
         relay.resume_point = resume.map(|r| r.0),
         relay.events_delivered = tracing::field::Empty,
@@ -114,7 +116,7 @@ async fn open_stream(
         permit,
         subjects.kind_label(),
         connection_span,
-        subscription.feed.connection_id().to_owned(),
+        connection_id,
     );
     let drain_delay = state.drain_spread.mul_f64(rand::random::<f64>());
     let drain = state
@@ -124,7 +126,7 @@ async fn open_stream(
         .then(move |()| tokio::time::sleep(drain_delay));
     let body = FrameStream {
         first,
-        feed: subscription.feed,
+        feed: opened.feed,
         heartbeat: state.config.heartbeat,
         retry: state.config.retry,
         drain: Box::pin(drain),
@@ -151,11 +153,12 @@ async fn admit_and_subscribe(
     query: &QueryPairs,
     headers: &HeaderMap,
     resume: Option<ResumePoint>,
-) -> Result<(ConnectionPermit, Subscription), ApiError> {
+) -> Result<(ConnectionPermit, Opened), ApiError> {
     state.authorizer.authorize(headers, query, subjects)?;
     state.readiness.check().map_err(|why| match why {
         NotReady::Draining => ApiError::Draining,
         NotReady::Unavailable => ApiError::NotReady("NATS or the stream is unreachable".into()),
+        NotReady::LiveTailPending => ApiError::NotReady("the live tail is starting".into()),
     })?;
     let permit = state.limits.acquire(subjects).map_err(|over| {
         let (reason, message, subject) = match over {
@@ -177,8 +180,8 @@ async fn admit_and_subscribe(
             poll: format!("{}?after={after}", subject.timeline_path()),
         }
     })?;
-    let subscription = state.store.subscribe(subjects, resume).await?;
-    Ok((permit, subscription))
+    let opened = state.fanout.open(subjects, resume).await?;
+    Ok((permit, opened))
 }
 
 fn rejection_reason(err: &ApiError) -> Option<&'static str> {
@@ -301,7 +304,7 @@ impl Drop for OpenConnection {
 /// connection's turn in the drain comes.
 struct FrameStream {
     first: VecDeque<Bytes>,
-    feed: EventFeed,
+    feed: ClientFeed,
     heartbeat: Duration,
     retry: Duration,
     /// Resolves at this connection's (randomly spread) moment in a drain.
@@ -338,9 +341,9 @@ impl FrameStream {
                     drain_frame(run.stream.retry)
                 }
                 item = run.stream.feed.next() => match item {
-                    Some(Ok(event)) => {
-                        run.stream.open.record_delivery(&event);
-                        sse::event_frame(event.seq, event.event_type(), &event.payload)
+                    Some(Ok(delivery)) => {
+                        run.stream.open.record_delivery(&delivery.event);
+                        delivery.frame.clone()
                     }
                     Some(Err(err)) => {
                         run.stream.open.span.in_scope(|| {

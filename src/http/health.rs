@@ -20,6 +20,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
                 NotReady::Draining => "draining",
                 NotReady::Unavailable if !state.readiness.nats_connected() => "nats_disconnected",
                 NotReady::Unavailable => "stream_unreachable",
+                NotReady::LiveTailPending => "live_tail_starting",
             };
             (
                 StatusCode::SERVICE_UNAVAILABLE,

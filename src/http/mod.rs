@@ -13,6 +13,7 @@ mod middleware;
 mod stall;
 mod timeline;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,14 +29,17 @@ pub use limits::ConnectionLimits;
 pub use stall::StallGuardedListener;
 
 use crate::config::{Config, ConfigError};
-use crate::jetstream::EventStore;
+use crate::fanout::Fanout;
 use crate::readiness::Readiness;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub store: EventStore,
+    /// Where clients' events come from (`RELAY_FANOUT`).
+    pub fanout: Fanout,
+    /// Numbers this replica's connections (`<replica>-c<n>` names them in spans and logs).
+    pub next_connection: Arc<AtomicU64>,
     pub readiness: Arc<Readiness>,
     pub limits: Arc<ConnectionLimits>,
     pub authorizer: Arc<auth::Authorizer>,
@@ -48,7 +52,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         config: Arc<Config>,
-        store: EventStore,
+        fanout: Fanout,
         readiness: Arc<Readiness>,
         draining: CancellationToken,
     ) -> Result<Self, ConfigError> {
@@ -58,11 +62,20 @@ impl AppState {
             // Three quarters of the drain timeout: the rest is for closing and deleting consumers.
             drain_spread: config.drain_timeout.mul_f64(0.75),
             config,
-            store,
+            fanout,
+            next_connection: Arc::new(AtomicU64::new(1)),
             readiness,
             authorizer,
             draining,
         })
+    }
+}
+
+impl AppState {
+    /// A new connection's id: the replica's id and a number.
+    pub fn connection_id(&self) -> String {
+        let n = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        format!("{}-c{n}", self.fanout.store().replica_id())
     }
 }
 

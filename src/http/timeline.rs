@@ -56,7 +56,7 @@ async fn page(
         return Err(ApiError::NotReady("NATS is disconnected".into()));
     }
     state
-        .store
+        .fanout
         .timeline(&subject, after, limit)
         .await
         .map(Json)

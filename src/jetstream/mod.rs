@@ -1,12 +1,17 @@
-//! Everything that touches NATS JetStream: connecting, provisioning the stream, one ordered
-//! consumer per SSE client, the polling timeline and publishing. Nothing above this module knows
+//! Everything that touches NATS JetStream: connecting, provisioning the stream, ordered-consumer
+//! feeds (one per SSE client, or one per replica for the shared live tail), direct gets, the
+//! polling timeline and publishing. Nothing above this module knows
 //! about consumers, acks or headers.
 
 mod connect;
+mod consumer;
+mod direct;
+mod event;
+mod feed;
 mod health;
 mod provision;
 mod publish;
-mod subscription;
+mod start;
 mod timeline;
 
 use std::sync::atomic::AtomicU64;
@@ -18,10 +23,13 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 pub use connect::{check_server_version, connect, ServerTooOld};
+pub use direct::DirectPage;
+pub use event::RelayEvent;
+pub use feed::{EventFeed, FeedError, Subscription};
 pub use health::watch_stream;
 pub use provision::{stream_definition, StreamSettings};
 pub use publish::{PublishOutcome, EVENT_TYPE_HEADER};
-pub use subscription::{EventFeed, FeedError, Opening, RelayEvent, Subscription};
+pub use start::{Opening, StartPlan};
 pub use timeline::{TimelineEvent, TimelinePage};
 
 /// How long one JetStream API call may take before the relay answers "not ready".

@@ -35,8 +35,20 @@ pub struct TimelinePage {
     pub last_seq: u64,
 }
 
+impl TimelinePage {
+    /// A page of `events` (ascending) read after `after`.
+    pub fn new(events: Vec<TimelineEvent>, after: u64, last_seq: u64) -> Self {
+        let next_after = events.last().map_or(after, |e| e.seq);
+        Self {
+            events,
+            next_after,
+            last_seq,
+        }
+    }
+}
+
 impl TimelineEvent {
-    fn from_event(event: RelayEvent) -> Self {
+    pub fn from_event(event: RelayEvent) -> Self {
         let data = std::str::from_utf8(&event.payload)
             .ok()
             .and_then(|text| RawValue::from_string(text.to_owned()).ok())
@@ -111,12 +123,7 @@ impl EventStore {
             stream.delete_consumer(&name).await.ok();
             result?;
         }
-        let next_after = events.last().map_or(after, |e: &TimelineEvent| e.seq);
-        Ok(TimelinePage {
-            events,
-            next_after,
-            last_seq,
-        })
+        Ok(TimelinePage::new(events, after, last_seq))
     }
 }
 

@@ -16,6 +16,12 @@ pub const DELIVERY_LAG: &str = "relay_delivery_lag_seconds";
 pub const NATS_CONNECTED: &str = "relay_nats_connected";
 pub const DRAINING: &str = "relay_draining";
 pub const HTTP_REQUESTS: &str = "relay_http_requests_total";
+pub const LIVE_SOURCES: &str = "relay_live_sources";
+pub const RING_HITS: &str = "relay_ring_hits_total";
+pub const RING_MISSES: &str = "relay_ring_misses_total";
+pub const CATCH_UP_PAGES: &str = "relay_catch_up_pages_total";
+pub const HANDOVERS: &str = "relay_handovers_total";
+pub const CLIENTS_LAGGED: &str = "relay_clients_lagged_total";
 
 /// Delivery lag buckets: from a millisecond (live events) to minutes (a replayed backlog).
 const LAG_BUCKETS: &[f64] = &[
@@ -71,6 +77,30 @@ fn describe() {
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS");
     describe_gauge!(DRAINING, "1 while the replica drains for shutdown");
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
+    describe_gauge!(
+        LIVE_SOURCES,
+        "Shared mode: live sources (stream-wide ordered consumers) this replica follows"
+    );
+    describe_counter!(
+        RING_HITS,
+        "Shared mode: catch-ups and timeline pages served from the in-memory ring"
+    );
+    describe_counter!(
+        RING_MISSES,
+        "Shared mode: catch-ups and timeline pages the ring did not reach back for (read from JetStream)"
+    );
+    describe_counter!(
+        CATCH_UP_PAGES,
+        "Shared mode: catch-up pages read from JetStream with batched direct gets"
+    );
+    describe_counter!(
+        HANDOVERS,
+        "Shared mode: clients switched from catch-up to the live tail"
+    );
+    describe_counter!(
+        CLIENTS_LAGGED,
+        "Shared mode: times a client fell a whole backlog behind the live tail and went back to catch-up"
+    );
     for kind in ["deployment", "pavilion", "multi"] {
         gauge!(CONNECTIONS, "kind" => kind).set(0.0);
     }
@@ -89,9 +119,15 @@ fn describe() {
         RESUMES,
         CONSUMERS_CREATED,
         CONSUMERS_DELETED,
+        RING_HITS,
+        RING_MISSES,
+        CATCH_UP_PAGES,
+        HANDOVERS,
+        CLIENTS_LAGGED,
     ] {
         counter!(name).absolute(0);
     }
+    gauge!(LIVE_SOURCES).set(0.0);
     gauge!(NATS_CONNECTED).set(0.0);
     gauge!(DRAINING).set(0.0);
 }

@@ -25,10 +25,10 @@ async fn expect_400(url: &str, last_event_id: Option<&str>, code: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_ids_and_resume_points_are_refused_without_a_consumer() {
+both_modes! {
+async fn bad_ids_and_resume_points_are_refused_without_a_consumer(mode) {
     let nats = Nats::start().await;
-    let relay = Relay::start(&nats.url(), &[]).await;
+    let relay = Relay::start_in(mode, &nats.url(), &[]).await;
     let js = nats.jetstream().await;
     let publisher = Publisher::connect(&nats.url()).await;
     publisher.deploy("d-1", "{}").await;
@@ -131,6 +131,7 @@ async fn bad_ids_and_resume_points_are_refused_without_a_consumer() {
     // A valid id still works, and sees only its own subject.
     let mut client = SseClient::connect(&relay.url("/v1/deployments/d-1/events"), None).await;
     assert_eq!(client.next_event().await.id.as_deref(), Some("1"));
+}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,10 +3,10 @@
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_leader_killed_mid_stream_loses_nothing() {
+both_modes! {
+async fn stream_leader_killed_mid_stream_loses_nothing(mode) {
     let mut cluster = NatsCluster::start().await;
-    let relay = Relay::start(&cluster.urls(), &[("RELAY_STREAM_REPLICAS", "3")]).await;
+    let relay = Relay::start_in(mode, &cluster.urls(), &[("RELAY_STREAM_REPLICAS", "3")]).await;
     let publisher = Publisher::connect(&cluster.urls()).await;
     let subject = deployment("d-cluster");
 
@@ -56,4 +56,5 @@ async fn stream_leader_killed_mid_stream_loses_nothing() {
     )
     .await;
     assert_eq!(ids(&late.events(1).await), vec![published[98]]);
+}
 }

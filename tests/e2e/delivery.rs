@@ -14,10 +14,10 @@ fn payload(i: usize) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_receives_exactly_its_events_in_order() {
+both_modes! {
+async fn a_client_receives_exactly_its_events_in_order(mode) {
     let nats = Nats::start().await;
-    let relay = Relay::start(&nats.url(), &[("RELAY_RETRY", "2s")]).await;
+    let relay = Relay::start_in(mode, &nats.url(), &[("RELAY_RETRY", "2s")]).await;
     let publisher = Publisher::connect(&nats.url()).await;
 
     let mut expected = Vec::new();
@@ -59,11 +59,12 @@ async fn a_client_receives_exactly_its_events_in_order() {
     assert_eq!(live.id, Some(seq.to_string()));
     assert_eq!(live.data, r#"{"live":true}"#);
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multi_subject_streams_interleave_in_stream_order_and_resume() {
+both_modes! {
+async fn multi_subject_streams_interleave_in_stream_order_and_resume(mode) {
     let nats = Nats::start().await;
-    let relay = Relay::start(&nats.url(), &[]).await;
+    let relay = Relay::start_in(mode, &nats.url(), &[]).await;
     let publisher = Publisher::connect(&nats.url()).await;
 
     let subjects = [
@@ -107,4 +108,5 @@ async fn multi_subject_streams_interleave_in_stream_order_and_resume() {
         .publish(&pavilion("pv"), r#"{"last":true}"#, None)
         .await;
     assert_eq!(resumed.next_event().await.id, Some(seq.to_string()));
+}
 }

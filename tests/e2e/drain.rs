@@ -12,12 +12,12 @@ const CLIENTS: usize = 50;
 const EVENTS: usize = 300;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_every_client_to_another_replica() {
+both_modes! {
+async fn sigterm_drains_every_client_to_another_replica(mode) {
     let nats = Nats::start().await;
     let drain = format!("{}s", DRAIN_TIMEOUT.as_secs());
-    let mut a = Relay::start(&nats.url(), &[("RELAY_DRAIN_TIMEOUT", &drain)]).await;
-    let b = Relay::start(&nats.url(), &[]).await;
+    let mut a = Relay::start_in(mode, &nats.url(), &[("RELAY_DRAIN_TIMEOUT", &drain)]).await;
+    let b = Relay::start_in(mode, &nats.url(), &[]).await;
     let js = nats.jetstream().await;
     let a_url = a.url("/v1/deployments/d-drain/events");
     let b_url = b.url("/v1/deployments/d-drain/events");
@@ -26,7 +26,9 @@ async fn sigterm_drains_every_client_to_another_replica() {
     for _ in 0..CLIENTS {
         clients.push(SseClient::connect(&a_url, None).await);
     }
-    assert_eq!(nats.consumer_count(&js).await, CLIENTS);
+    let connections = r#"relay_connections{kind="deployment"}"#;
+    a.wait_metric(connections, CLIENTS as f64).await;
+    assert_eq!(nats.consumer_count(&js).await, mode.consumers(CLIENTS, 2));
 
     // Publish continuously, before, during and after the drain.
     let (sigterm_tx, sigterm_rx) = tokio::sync::oneshot::channel::<()>();
@@ -115,6 +117,9 @@ async fn sigterm_drains_every_client_to_another_replica() {
         assert_eq!(got, published, "every event exactly once, in order");
         on_b.push(client);
     }
-    // A's consumers are gone: only B's remain.
-    assert_eq!(nats.consumer_count(&js).await, CLIENTS);
+    // Every client is on B; A's consumers are gone, only B's remain.
+    b.wait_metric(connections, CLIENTS as f64).await;
+    nats.wait_consumer_count(&js, mode.consumers(CLIENTS, 1), WAIT)
+        .await;
+}
 }

@@ -3,11 +3,11 @@
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_resumes_on_another_replica_after_sigkill() {
+both_modes! {
+async fn client_resumes_on_another_replica_after_sigkill(mode) {
     let nats = Nats::start().await;
-    let mut a = Relay::start(&nats.url(), &[]).await;
-    let b = Relay::start(&nats.url(), &[]).await;
+    let mut a = Relay::start_in(mode, &nats.url(), &[]).await;
+    let b = Relay::start_in(mode, &nats.url(), &[]).await;
     let publisher = Publisher::connect(&nats.url()).await;
 
     // Publish 200 events in the background: 100, then (once A is dead) 100 more, so the kill
@@ -51,4 +51,5 @@ async fn client_resumes_on_another_replica_after_sigkill() {
 
     let published = publishing.await.expect("publisher");
     assert_exactly_once(&received, &published);
+}
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: real nats-server, real `sse-relay` processes, real HTTP and SSE.
 //! One binary, one module per promise.
 
+#[macro_use]
 mod support;
 
 mod auth;
@@ -11,6 +12,7 @@ mod consumer_debt;
 mod cors;
 mod delivery;
 mod demo;
+mod direct_get;
 mod drain;
 mod failover;
 mod fuzz;

@@ -3,10 +3,10 @@
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_survive_a_nats_restart_exactly_once() {
+both_modes! {
+async fn streams_survive_a_nats_restart_exactly_once(mode) {
     let mut nats = Nats::start().await;
-    let relay = Relay::start(&nats.url(), &[]).await;
+    let relay = Relay::start_in(mode, &nats.url(), &[]).await;
     let publisher = Publisher::connect(&nats.url()).await;
     let subject = deployment("d-restart");
 
@@ -64,12 +64,13 @@ async fn streams_survive_a_nats_restart_exactly_once() {
         "no replay below the resume point"
     );
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_without_nats_is_alive_but_not_ready() {
+both_modes! {
+async fn a_relay_without_nats_is_alive_but_not_ready(mode) {
     let mut nats = Nats::start().await;
     nats.stop().await;
-    let relay = Relay::spawn(&nats.url(), &[]).await;
+    let relay = Relay::spawn_in(mode, &nats.url(), &[]).await;
 
     let (status, _) = get_json(&relay.url("/healthz")).await;
     assert_eq!(status, 200);
@@ -93,4 +94,5 @@ async fn a_relay_without_nats_is_alive_but_not_ready() {
     let seq = publisher.deploy("d-1", r#"{"hello":1}"#).await;
     let mut client = SseClient::connect(&relay.url("/v1/deployments/d-1/events"), None).await;
     assert_eq!(client.next_event().await.id, Some(seq.to_string()));
+}
 }

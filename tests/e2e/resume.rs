@@ -13,11 +13,11 @@ async fn opening(client: &mut SseClient) -> SseEvent {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gap_reset_and_header_precedence() {
+both_modes! {
+async fn gap_reset_and_header_precedence(mode) {
     let nats = Nats::start().await;
     // Keep only 5 messages per subject, so early sequences fall out of the stream.
-    let relay = Relay::start(&nats.url(), &[("RELAY_STREAM_MAX_MSGS_PER_SUBJECT", "5")]).await;
+    let relay = Relay::start_in(mode, &nats.url(), &[("RELAY_STREAM_MAX_MSGS_PER_SUBJECT", "5")]).await;
     let publisher = Publisher::connect(&nats.url()).await;
     let seqs: Vec<u64> = {
         let mut v = Vec::new();
@@ -68,4 +68,5 @@ async fn gap_reset_and_header_precedence() {
     let seq = publisher.deploy("d-r", r#"{"i":10}"#).await;
     let next = opening(&mut client).await;
     assert_eq!(next.id, Some(seq.to_string()));
+}
 }

@@ -255,6 +255,63 @@ impl NatsCluster {
     }
 }
 
+/// The relay's fan-out mode (`RELAY_FANOUT`): the exactness suite runs in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fanout {
+    Consumer,
+    Shared,
+}
+
+impl Fanout {
+    /// JetStream consumers `replicas` relays hold for `clients` connected, caught-up clients:
+    /// one per client, or one live tail per replica.
+    pub fn consumers(self, clients: usize, replicas: usize) -> usize {
+        match self {
+            Fanout::Consumer => clients,
+            Fanout::Shared => replicas,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fanout::Consumer => "consumer",
+            Fanout::Shared => "shared",
+        }
+    }
+
+    /// `env` with `RELAY_FANOUT` set to this mode.
+    pub fn env<'a>(self, env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut all = vec![("RELAY_FANOUT", self.name())];
+        all.extend_from_slice(env);
+        all
+    }
+}
+
+/// Defines an async test once per fan-out mode, as `<name>::consumer` and `<name>::shared`:
+/// `both_modes! { async fn name(mode) { ... } }`, the body using `mode: Fanout`.
+#[macro_export]
+macro_rules! both_modes {
+    ($(#[$meta:meta])* async fn $name:ident($mode:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($mode: $crate::support::Fanout) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn consumer() {
+                run($crate::support::Fanout::Consumer).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn shared() {
+                run($crate::support::Fanout::Shared).await
+            }
+        }
+    };
+}
+
 /// A relay process (`sse-relay serve`) on a free port.
 pub struct Relay {
     child: Child,
@@ -306,6 +363,34 @@ impl Relay {
         let relay = Relay::spawn(nats_url, env).await;
         relay.wait_ready_status(200).await;
         relay
+    }
+
+    /// Polls `/metrics` until `series` reads `value`; panics after [`WAIT`] (also when the
+    /// series does not exist).
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let metrics = self.metrics().await;
+            let got = sample_opt(&metrics, series);
+            if got == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} stayed {got:?}, wanted {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// [`Relay::spawn`] in fan-out mode `mode`.
+    pub async fn spawn_in(mode: Fanout, nats_url: &str, env: &[(&str, &str)]) -> Relay {
+        Relay::spawn(nats_url, &mode.env(env)).await
+    }
+
+    /// [`Relay::start`] in fan-out mode `mode`.
+    pub async fn start_in(mode: Fanout, nats_url: &str, env: &[(&str, &str)]) -> Relay {
+        Relay::start(nats_url, &mode.env(env)).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -535,6 +620,17 @@ pub fn ids(events: &[SseEvent]) -> Vec<u64> {
         .filter_map(|e| e.id.as_deref())
         .map(|id| id.parse().expect("numeric id"))
         .collect()
+}
+
+/// One sample from Prometheus text, `None` when the series is not exposed.
+pub fn sample_opt(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().expect("numeric sample"))
+        })
 }
 
 /// One sample from Prometheus text: `series` is the name with its labels exactly as exposed,

@@ -4,10 +4,10 @@ use std::collections::BTreeSet;
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paging_returns_every_event_once_matching_sse() {
+both_modes! {
+async fn paging_returns_every_event_once_matching_sse(mode) {
     let nats = Nats::start().await;
-    let relay = Relay::start(&nats.url(), &[]).await;
+    let relay = Relay::start_in(mode, &nats.url(), &[]).await;
     let publisher = Publisher::connect(&nats.url()).await;
     let mut expected = Vec::new();
     for i in 0..25 {
@@ -77,4 +77,5 @@ async fn paging_returns_every_event_once_matching_sse() {
         page,
         serde_json::json!({"events": [], "next_after": 3, "last_seq": 0})
     );
+}
 }

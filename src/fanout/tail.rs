@@ -1,0 +1,430 @@
+//! The live tail: one ordered consumer over the whole stream per replica (the firehose). Each
+//! event is framed once, kept in the [`Ring`], and offered to the bounded queue of every local
+//! client of its subject; a client whose queue is full is marked lagging and catches up again
+//! from its own cursor, so the relay's memory stays flat whatever the clients do.
+//!
+//! NATS reconnects, stream leader changes and node loss re-create the one consumer after the
+//! last sequence taken in (see [`crate::jetstream::EventFeed`]); clients notice nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::task::AtomicWaker;
+
+use async_nats::jetstream::stream;
+use futures::StreamExt;
+use metrics::{counter, gauge};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::client::SharedFeed;
+use super::ring::Ring;
+use super::Delivery;
+use crate::jetstream::{EventStore, Opening, StartPlan, StoreError, TimelineEvent, TimelinePage};
+use crate::subject::{ResumePoint, Subject, SubjectSet};
+use crate::telemetry::metrics::{CLIENTS_LAGGED, LIVE_SOURCES, RING_HITS, RING_MISSES};
+
+/// Sizes of the shared mode (`RELAY_RING_EVENTS`, `RELAY_RING_BYTES`, `RELAY_CLIENT_BACKLOG`).
+#[derive(Debug, Clone, Copy)]
+pub struct TailSettings {
+    /// Recent events the ring holds (all subjects)...
+    pub ring_events: usize,
+    /// ...and the most memory they may take.
+    pub ring_bytes: usize,
+    /// Live events one client may have queued before it counts as lagging.
+    pub client_backlog: usize,
+}
+
+/// First and longest pause before the firehose is opened again.
+const START_RETRY: Duration = Duration::from_millis(50);
+const MAX_RETRY: Duration = Duration::from_secs(1);
+
+/// Messages the firehose pulls at a time.
+const TAIL_PULL_BATCH: i64 = 1000;
+
+/// The replica's shared live tail; cheap to clone.
+#[derive(Clone)]
+pub struct LiveTail {
+    inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    store: EventStore,
+    settings: TailSettings,
+    state: Mutex<TailState>,
+    next_slot: AtomicU64,
+    /// The last stream state read for a resume, and when its request was sent: connects that
+    /// registered before then share it, so a reconnect storm costs a few requests, not one each.
+    stream_state: tokio::sync::Mutex<Option<(Instant, stream::State)>>,
+}
+
+struct TailState {
+    /// `None` until the tail knows where it starts.
+    ring: Option<Ring>,
+    /// The highest sequence the tail has taken in: every later event will be offered to every
+    /// client registered now.
+    last_seq: u64,
+    /// Local clients by NATS subject.
+    clients: HashMap<String, Vec<Arc<Slot>>>,
+}
+
+/// One client's place in the registry: its queue of live events, which the tail fills and the
+/// client's feed empties.
+pub(super) struct Slot {
+    id: u64,
+    queue: Mutex<SlotQueue>,
+    capacity: usize,
+    waker: AtomicWaker,
+}
+
+#[derive(Default)]
+struct SlotQueue {
+    events: VecDeque<Arc<Delivery>>,
+    /// The queue overflowed and was emptied: the client must catch up from its cursor.
+    lagged: bool,
+}
+
+/// What a client finds in its queue.
+pub(super) enum Queued {
+    Event(Arc<Delivery>),
+    /// It fell a whole backlog behind; its queue was emptied.
+    Lagged,
+}
+
+impl Slot {
+    fn queue(&self) -> MutexGuard<'_, SlotQueue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a live event; a full queue is emptied at once (the relay's memory does not wait
+    /// for a stalled socket) and the client marked lagging.
+    fn offer(&self, delivery: &Arc<Delivery>) {
+        {
+            let mut queue = self.queue();
+            if queue.lagged {
+                return;
+            }
+            if queue.events.len() >= self.capacity {
+                queue.events = VecDeque::new();
+                queue.lagged = true;
+                counter!(CLIENTS_LAGGED).increment(1);
+            } else {
+                queue.events.push_back(delivery.clone());
+            }
+        }
+        self.waker.wake();
+    }
+
+    /// The next queued event, or word that the client lagged; pending while the queue is empty.
+    pub(super) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Queued> {
+        self.waker.register(cx.waker());
+        let mut queue = self.queue();
+        if queue.lagged {
+            return Poll::Ready(Queued::Lagged);
+        }
+        match queue.events.pop_front() {
+            Some(delivery) => Poll::Ready(Queued::Event(delivery)),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Empties the queue and clears the lag (under the tail's lock: nothing arrives meanwhile).
+    fn reset(&self) {
+        *self.queue() = SlotQueue::default();
+    }
+}
+
+/// Removes a client from the registry when dropped.
+pub(super) struct Registration {
+    tail: Arc<Inner>,
+    pub(super) slot: Arc<Slot>,
+    pub(super) subjects: Vec<String>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut state = self.tail.lock();
+        for subject in &self.subjects {
+            if let Some(slots) = state.clients.get_mut(subject) {
+                slots.retain(|s| s.id != self.slot.id);
+                if slots.is_empty() {
+                    state.clients.remove(subject);
+                }
+            }
+        }
+    }
+}
+
+/// Where a (re-)registered client stands.
+pub(super) enum Resync {
+    /// The ring covers its cursor: these are its events up to the tail position.
+    Ring(Vec<Arc<Delivery>>),
+    /// The ring does not reach back to its cursor: it must read up to the ring's `horizon` (the
+    /// sequence before the oldest event the ring holds completely) from JetStream.
+    Miss { horizon: u64 },
+}
+
+impl LiveTail {
+    pub fn new(store: EventStore, settings: TailSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                settings,
+                state: Mutex::new(TailState {
+                    ring: None,
+                    last_seq: 0,
+                    clients: HashMap::new(),
+                }),
+                next_slot: AtomicU64::new(1),
+                stream_state: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.inner.store
+    }
+
+    /// Follows the stream until `shutdown`, re-opening the firehose after any failure from the
+    /// last sequence taken in. `on_started` is called once the tail knows where it starts
+    /// (clients can be served from then on).
+    pub async fn run(self, shutdown: CancellationToken, on_started: impl FnOnce() + Send) {
+        let inner = &self.inner;
+        let mut on_started = Some(on_started);
+        let mut delay = START_RETRY;
+        loop {
+            let opened = async {
+                let after = inner.start_point().await?;
+                inner.store.follow_stream(after, TAIL_PULL_BATCH).await
+            };
+            let mut feed = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                opened = opened => match opened {
+                    Ok(feed) => feed,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "live tail cannot follow the stream yet");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(MAX_RETRY);
+                        continue;
+                    }
+                },
+            };
+            tracing::info!(after = feed.floor(), "live tail following the stream");
+            if let Some(started) = on_started.take() {
+                started();
+            }
+            gauge!(LIVE_SOURCES).set(1.0);
+            delay = START_RETRY;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        gauge!(LIVE_SOURCES).set(0.0);
+                        return;
+                    }
+                    item = feed.next() => match item {
+                        Some(Ok(event)) => inner.take_in(Arc::new(Delivery::new(event))),
+                        Some(Err(err)) => {
+                            tracing::warn!(error = %err, "live tail lost the stream; re-opening");
+                            break;
+                        }
+                        None => break,
+                    },
+                }
+            }
+            gauge!(LIVE_SOURCES).set(0.0);
+        }
+    }
+
+    /// Registers a client for `subjects` and plans its catch-up after `resume`, checked against
+    /// the stream's state (gap, reset, first retained event) as read after the registration.
+    pub async fn open(
+        &self,
+        subjects: &SubjectSet,
+        resume: Option<ResumePoint>,
+    ) -> Result<(Option<Opening>, SharedFeed), StoreError> {
+        let inner = &self.inner;
+        let subjects = subjects.nats_subjects();
+        let slot = Arc::new(Slot {
+            id: inner.next_slot.fetch_add(1, Ordering::Relaxed),
+            queue: Mutex::default(),
+            capacity: inner.settings.client_backlog.max(1),
+            waker: AtomicWaker::new(),
+        });
+        {
+            let mut state = inner.lock();
+            if state.ring.is_none() {
+                return Err(StoreError::Unavailable(
+                    "the live tail has not started".into(),
+                ));
+            }
+            for subject in &subjects {
+                state
+                    .clients
+                    .entry(subject.clone())
+                    .or_default()
+                    .push(slot.clone());
+            }
+        }
+        let registered = Instant::now();
+        let registration = Registration {
+            tail: inner.clone(),
+            slot,
+            subjects,
+        };
+        let plan = StartPlan::new(resume, &inner.stream_state_since(registered).await?);
+        let feed = SharedFeed::new(inner.clone(), registration, plan.after);
+        Ok((plan.opening, feed))
+    }
+
+    /// A timeline page: from the ring when it reaches back to `after`, else one batched direct
+    /// get; no consumer either way.
+    pub async fn timeline(
+        &self,
+        subject: &Subject,
+        after: u64,
+        limit: usize,
+    ) -> Result<TimelinePage, StoreError> {
+        let nats_subject = subject.nats_subject();
+        let from_ring = {
+            let state = self.inner.lock();
+            state.ring.as_ref().and_then(|ring| {
+                let all: Vec<&Arc<Delivery>> = ring
+                    .after(after, std::slice::from_ref(&nats_subject))?
+                    .collect();
+                let last = all.last().map(|d| d.event.seq);
+                let page: Vec<TimelineEvent> = all
+                    .into_iter()
+                    .take(limit)
+                    .map(|d| TimelineEvent::from_event(d.event.clone()))
+                    .collect();
+                Some((page, last))
+            })
+        };
+        let store = &self.inner.store;
+        let (events, last_seq) = match from_ring {
+            Some((events, Some(last))) => {
+                counter!(RING_HITS).increment(1);
+                (events, last)
+            }
+            Some((events, None)) => {
+                counter!(RING_HITS).increment(1);
+                (events, store.direct_last_seq(&nats_subject).await?)
+            }
+            None => {
+                counter!(RING_MISSES).increment(1);
+                let page = store
+                    .direct_batch(&nats_subject, after.saturating_add(1), limit)
+                    .await?;
+                let last = match page.events.last() {
+                    Some(e) if page.pending == 0 => e.seq,
+                    _ => store.direct_last_seq(&nats_subject).await?,
+                };
+                let events = page
+                    .events
+                    .into_iter()
+                    .map(TimelineEvent::from_event)
+                    .collect();
+                (events, last)
+            }
+        };
+        Ok(TimelinePage::new(events, after, last_seq))
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, TailState> {
+        // A panic while holding the lock leaves consistent data (every update is one push or
+        // one assignment), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stream's state as read by a request sent at or after `since`.
+    async fn stream_state_since(&self, since: Instant) -> Result<stream::State, StoreError> {
+        let mut last = self.stream_state.lock().await;
+        if let Some((sent, state)) = &*last {
+            if *sent >= since {
+                return Ok(state.clone());
+            }
+        }
+        let sent = Instant::now();
+        let state = self.store.stream_state().await?;
+        *last = Some((sent, state.clone()));
+        Ok(state)
+    }
+
+    /// Where the firehose (re)starts: after the last event taken in; the first time, far enough
+    /// back to fill the ring with the stream's most recent events.
+    async fn start_point(&self) -> Result<u64, StoreError> {
+        {
+            let state = self.lock();
+            if state.ring.is_some() {
+                return Ok(state.last_seq);
+            }
+        }
+        let stream = self.store.stream_state().await?;
+        let after = stream.first_sequence.saturating_sub(1).max(
+            stream
+                .last_sequence
+                .saturating_sub(self.settings.ring_events as u64),
+        );
+        let mut state = self.lock();
+        if state.ring.is_none() {
+            state.ring = Some(Ring::new(
+                self.settings.ring_events,
+                self.settings.ring_bytes,
+                after,
+            ));
+            state.last_seq = after;
+        }
+        Ok(state.last_seq)
+    }
+
+    /// One event from the firehose: into the ring, then to the queue of every local client of
+    /// its subject, under the lock a (re-)registering client takes to note the tail position.
+    fn take_in(&self, delivery: Arc<Delivery>) {
+        let mut state = self.lock();
+        state.last_seq = delivery.event.seq;
+        if let Some(ring) = &mut state.ring {
+            ring.push(delivery.clone());
+        }
+        if let Some(slots) = state.clients.get(delivery.event.subject.as_str()) {
+            for slot in slots {
+                slot.offer(&delivery);
+            }
+        }
+    }
+
+    /// Re-registers a client at the tail's current position: its queue is emptied (everything
+    /// in it is at or below that position) and its catch-up after `after` planned.
+    pub(super) fn resync(&self, slot: &Slot, after: u64, subjects: &[String]) -> Resync {
+        let state = self.lock();
+        slot.reset();
+        let from_ring = state
+            .ring
+            .as_ref()
+            .and_then(|ring| ring.after(after, subjects))
+            .map(|events| events.cloned().collect());
+        match from_ring {
+            Some(events) => {
+                counter!(RING_HITS).increment(1);
+                Resync::Ring(events)
+            }
+            None => {
+                counter!(RING_MISSES).increment(1);
+                Resync::Miss {
+                    horizon: state.ring.as_ref().map_or(state.last_seq, Ring::horizon),
+                }
+            }
+        }
+    }
+
+    pub(super) fn store(&self) -> &EventStore {
+        &self.store
+    }
+}

@@ -1,0 +1,215 @@
+//! Ephemeral ordered consumers and their leases: one is created per feed (a client's in
+//! `RELAY_FANOUT=consumer`, the replica's live tail in `shared`), and deleted as soon as the
+//! feed is dropped.
+//!
+//! Dropping an async-nats ordered consumer does not delete the server-side consumer (that
+//! lingers for its 30 s inactivity threshold); [`ConsumerLease`] deletes it, following the
+//! `<name>_<n>` names of its recreations.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::{self};
+use metrics::counter;
+use tokio_util::task::TaskTracker;
+
+use super::{EventStore, StoreError, API_TIMEOUT};
+use crate::telemetry::metrics::{CONSUMERS_CREATED, CONSUMERS_DELETED};
+
+/// What a feed follows: the subjects it filters on (none: the whole stream) and how many
+/// messages one pull may bring.
+#[derive(Debug, Clone)]
+pub(super) struct ConsumerSpec {
+    pub filters: Vec<String>,
+    pub batch: i64,
+}
+
+/// Messages a client's consumer pulls at a time: the most the relay buffers for a client that
+/// has stopped reading (JetStream keeps the rest).
+pub(super) const CLIENT_PULL_BATCH: i64 = 100;
+
+/// Longest pull: bounds the idle heartbeat to half of it, so a consumer lost with its server is
+/// noticed (two missed heartbeats) within about this long even when no other signal arrives.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+
+/// How long a failed consumer is re-created before the feed gives up (a client is then left to
+/// reconnect, to this or another replica, with its Last-Event-ID).
+const REOPEN_FOR: Duration = Duration::from_secs(30);
+
+/// Where a (re)created consumer starts: after the last sequence its feed has.
+fn deliver_after(after: u64) -> DeliverPolicy {
+    if after == 0 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: after.saturating_add(1),
+        }
+    }
+}
+
+impl EventStore {
+    /// Creates one ordered consumer starting after `after` and checks the server applied its
+    /// filters. The returned lease deletes it when dropped (also when the filter check fails).
+    pub(super) async fn open_consumer(
+        &self,
+        spec: &ConsumerSpec,
+        after: u64,
+    ) -> Result<(Ordered, ConsumerLease), StoreError> {
+        let name = format!(
+            "{}-{}",
+            self.replica_id,
+            self.next_consumer
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut config = OrderedConfig {
+            name: Some(name.clone()),
+            deliver_policy: deliver_after(after),
+            max_batch: spec.batch,
+            max_expires: PULL_EXPIRES,
+            ..Default::default()
+        };
+        match spec.filters.as_slice() {
+            [] => {}
+            [one] => config.filter_subject = one.clone(),
+            many => config.filter_subjects = many.to_vec(),
+        }
+        let lease = ConsumerLease {
+            js: self.js.clone(),
+            deletions: self.deletions.clone(),
+            stream: self.stream_name.to_string(),
+            name_prefix: name,
+            serial: 0,
+        };
+        let filters = &spec.filters;
+        let messages = tokio::time::timeout(API_TIMEOUT, async {
+            let stream = self.js.get_stream_no_info(&*self.stream_name).await?;
+            let consumer: jetstream::consumer::Consumer<OrderedConfig> =
+                stream.create_consumer(config).await?;
+            let echoed = &consumer.cached_info().config;
+            let applied: Vec<String> = if echoed.filter_subjects.is_empty() {
+                Some(echoed.filter_subject.clone())
+                    .filter(|f| !f.is_empty())
+                    .into_iter()
+                    .collect()
+            } else {
+                echoed.filter_subjects.clone()
+            };
+            if &applied != filters {
+                return Ok(Err(StoreError::FilterIgnored));
+            }
+            Ok::<_, async_nats::Error>(Ok(consumer.messages().await?))
+        })
+        .await
+        .map_err(StoreError::unavailable)?
+        .map_err(StoreError::unavailable)??;
+        counter!(CONSUMERS_CREATED).increment(1);
+        Ok((messages, lease))
+    }
+
+    /// Opens a consumer again after `after`, retrying while NATS is away.
+    pub(super) async fn reopen_consumer(
+        self,
+        spec: ConsumerSpec,
+        after: u64,
+    ) -> Result<(Ordered, ConsumerLease), StoreError> {
+        let mut delay = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + REOPEN_FOR;
+        loop {
+            match self.open_consumer(&spec, after).await {
+                Ok(opened) => return Ok(opened),
+                Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
+                Err(_) => {}
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Owns the server-side consumer of one feed and deletes it when dropped.
+pub(super) struct ConsumerLease {
+    js: jetstream::Context,
+    deletions: TaskTracker,
+    stream: String,
+    /// The first consumer's name; recreations are `<prefix>_<n>`.
+    name_prefix: String,
+    /// `n` of the last consumer seen delivering.
+    serial: u64,
+}
+
+/// How many recreations past the last one seen the lease looks for when deleting.
+const RECREATIONS_TO_PROBE: u64 = 3;
+
+impl ConsumerLease {
+    fn name(&self, serial: u64) -> String {
+        if serial == 0 {
+            self.name_prefix.clone()
+        } else {
+            format!("{}_{serial}", self.name_prefix)
+        }
+    }
+
+    /// Notes which recreation of the consumer delivered (its name is in the message's info).
+    pub(super) fn seen(&mut self, consumer: &str) {
+        if let Some(serial) = self.serial_of(consumer) {
+            self.serial = serial;
+        }
+    }
+
+    fn serial_of(&self, consumer: &str) -> Option<u64> {
+        let rest = consumer.strip_prefix(self.name_prefix.as_str())?;
+        if rest.is_empty() {
+            return Some(0);
+        }
+        rest.strip_prefix('_')?.parse().ok()
+    }
+}
+
+impl Drop for ConsumerLease {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // Shutting down: the inactivity threshold removes it.
+        };
+        let js = self.js.clone();
+        let stream = std::mem::take(&mut self.stream);
+        let names: Vec<String> = (self.serial..=self.serial + RECREATIONS_TO_PROBE)
+            .map(|serial| self.name(serial))
+            .collect();
+        self.deletions.spawn_on(async move {
+            // The live consumer is the last seen or a later recreation; earlier ones were
+            // deleted by the recreation itself. Stop at the first that exists.
+            for name in names {
+                match tokio::time::timeout(
+                    API_TIMEOUT,
+                    js.delete_consumer_from_stream(&name, &stream),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => {
+                        counter!(CONSUMERS_DELETED).increment(1);
+                        tracing::debug!(consumer = %name, "consumer deleted");
+                        return;
+                    }
+                    Ok(Err(err)) if is_not_found(&err) => continue,
+                    Ok(Err(err)) => {
+                        tracing::debug!(consumer = %name, error = %err, "consumer not deleted; its inactivity threshold will");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(consumer = %name, "consumer delete timed out; its inactivity threshold will");
+                        return;
+                    }
+                }
+            }
+        }, &runtime);
+    }
+}
+
+fn is_not_found(err: &jetstream::stream::ConsumerError) -> bool {
+    matches!(
+        err.kind(),
+        jetstream::stream::ConsumerErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+    )
+}

@@ -1,0 +1,48 @@
+//! The event type every path of the relay carries: one stored JetStream message.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use super::EVENT_TYPE_HEADER;
+use crate::sse::DEFAULT_EVENT;
+
+/// One stored message, as the relay forwards it. Built by moving the message's parts, so the
+/// per-event cost is no copy of subject, headers or payload.
+#[derive(Debug, Clone)]
+pub struct RelayEvent {
+    /// The JetStream stream sequence: the SSE `id:`.
+    pub seq: u64,
+    pub subject: async_nats::Subject,
+    /// Verbatim.
+    pub payload: Bytes,
+    /// When JetStream stored it.
+    pub published: time::OffsetDateTime,
+    /// All headers (the event type and the trace context travel here).
+    pub headers: Option<HeaderMap>,
+}
+
+impl RelayEvent {
+    pub(super) fn from_message(
+        seq: u64,
+        published: time::OffsetDateTime,
+        message: async_nats::Message,
+    ) -> Self {
+        Self {
+            seq,
+            subject: message.subject,
+            payload: message.payload,
+            published,
+            headers: message.headers,
+        }
+    }
+
+    /// From the `Relay-Event-Type` header; `message` if absent or empty.
+    pub fn event_type(&self) -> &str {
+        self.headers
+            .as_ref()
+            .and_then(|h| h.get(EVENT_TYPE_HEADER))
+            .map(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .unwrap_or(DEFAULT_EVENT)
+    }
+}
