@@ -21,6 +21,7 @@ mod metrics;
 mod nats_restart;
 mod otlp;
 mod resume;
+mod shared_fanout;
 mod slow_client;
 mod timeline;
 mod tracing;

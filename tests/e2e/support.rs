@@ -255,6 +255,63 @@ impl NatsCluster {
     }
 }
 
+/// A TCP proxy on a free loopback port in front of `upstream`: [`Proxy::cut`] drops every
+/// connection through it at once (a relay behind it loses its NATS connection and reconnects
+/// through it again).
+pub struct Proxy {
+    pub port: u16,
+    cuts: tokio::sync::watch::Sender<u64>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let watch = cuts.clone();
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cut = watch.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            cuts,
+            accepting,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every open connection through the proxy.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.cut();
+    }
+}
+
 /// The relay's fan-out mode (`RELAY_FANOUT`): the exactness suite runs in both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fanout {
@@ -380,6 +437,22 @@ impl Relay {
                 "{series} stayed {got:?}, wanted {value}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls `/metrics` until `series` reads at least `min`; panics after [`WAIT`].
+    pub async fn wait_metric_at_least(&self, series: &str, min: f64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = sample_opt(&self.metrics().await, series);
+            if got.is_some_and(|v| v >= min) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} stayed {got:?}, wanted at least {min}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -1,0 +1,200 @@
+//! The promises of the shared live tail (and, where both modes make them, of both): hand-over
+//! from catch-up to live while publishing at full rate, cursors older than the ring, clients
+//! that fall behind the tail, and a live source that loses its NATS connection — each counting
+//! every event.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Publishes `count` numbered events to `deploy.<id>` as fast as acknowledgements come back.
+fn publish_numbered(
+    publisher: Publisher,
+    id: &'static str,
+    range: std::ops::Range<usize>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        for i in range {
+            seqs.push(publisher.deploy(id, &numbered(i)).await);
+        }
+        seqs
+    })
+}
+
+both_modes! {
+/// 200 clients join (fresh or resumed at different points) while events are published at full
+/// rate; every client gets exactly the events after its resume point.
+async fn hand_over_while_publishing_at_full_rate(mode) {
+    const CLIENTS: usize = 200;
+    const EVENTS: usize = 600;
+    let nats = Nats::start().await;
+    let relay = Relay::start_in(mode, &nats.url(), &[("RELAY_MAX_CONNECTIONS_PER_KEY", "200")]).await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let mut history = Vec::new();
+    for i in 0..50 {
+        history.push(publisher.deploy("d-rush", &numbered(i)).await);
+    }
+    let publishing = publish_numbered(publisher, "d-rush", 50..EVENTS);
+    let url = relay.url("/v1/deployments/d-rush/events");
+    let joins = (0..CLIENTS).map(|c| {
+        let url = url.clone();
+        let resume = (c % 4 != 0).then(|| history[c % history.len()]);
+        async move {
+            let mut client = SseClient::connect(&url, resume.map(|r| r.to_string()).as_deref()).await;
+            let after = resume.unwrap_or(0);
+            let want = EVENTS - usize::try_from(after).expect("small");
+            (client.events(want).await, after)
+        }
+    });
+    let received = futures::future::join_all(joins).await;
+    let mut published = history;
+    published.extend(publishing.await.expect("publisher"));
+    for (events, after) in received {
+        let want: Vec<u64> = published.iter().copied().filter(|&s| s > after).collect();
+        assert_eq!(ids(&events), want, "client resumed after {after}");
+        let first = usize::try_from(after).expect("small");
+        let payloads: Vec<String> = events.iter().map(|e| e.data.clone()).collect();
+        assert_eq!(payloads, (first..EVENTS).map(numbered).collect::<Vec<_>>());
+    }
+}
+}
+
+/// A cursor older than the ring is read from JetStream (direct gets, no consumer), then handed
+/// to the ring and the live tail, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_older_than_the_ring_is_caught_up_from_jetstream() {
+    let nats = Nats::start().await;
+    let relay = Relay::start_in(Fanout::Shared, &nats.url(), &[("RELAY_RING_EVENTS", "16")]).await;
+    let js = nats.jetstream().await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let mut mine = Vec::new();
+    for i in 0..300 {
+        // Two thirds of the stream is another subject's.
+        publisher.deploy("d-other", "{}").await;
+        publisher.deploy("d-other", "{}").await;
+        mine.push(publisher.deploy("d-old", &numbered(i)).await);
+    }
+    let url = relay.url("/v1/deployments/d-old/events");
+    let before = relay.metrics().await;
+    let mut client = SseClient::connect(&url, Some(&mine[9].to_string())).await;
+    let live = publish_numbered(publisher, "d-old", 300..350);
+    let events = client.events(290 + 50).await;
+    mine.extend(live.await.expect("publisher"));
+    assert_eq!(ids(&events), mine[10..].to_vec());
+    let payloads: Vec<String> = events.iter().map(|e| e.data.clone()).collect();
+    assert_eq!(payloads, (10..350).map(numbered).collect::<Vec<_>>());
+
+    let after = relay.metrics().await;
+    let grew = |series: &str| {
+        sample_opt(&after, series).expect(series) - sample_opt(&before, series).expect(series)
+    };
+    assert!(
+        grew("relay_ring_misses_total") >= 1.0,
+        "the ring was missed"
+    );
+    assert!(
+        grew("relay_catch_up_pages_total") >= 2.0,
+        "paged from JetStream"
+    );
+    assert!(
+        grew("relay_handovers_total") >= 1.0,
+        "handed over to the live tail"
+    );
+    assert_eq!(
+        grew("relay_consumers_created_total"),
+        0.0,
+        "no consumer for the catch-up"
+    );
+    assert_eq!(nats.consumer_count(&js).await, 1, "only the live tail's");
+}
+
+/// Clients whose queue overflows (a backlog of one event) drop back to catch-up from their own
+/// cursor and still get every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_fall_behind_catch_up_from_their_cursor() {
+    const CLIENTS: usize = 20;
+    const EVENTS: usize = 1000;
+    let nats = Nats::start().await;
+    let relay = Relay::start_in(
+        Fanout::Shared,
+        &nats.url(),
+        &[("RELAY_CLIENT_BACKLOG", "1"), ("RELAY_RING_EVENTS", "64")],
+    )
+    .await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let url = relay.url("/v1/deployments/d-lag/events");
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(SseClient::connect(&url, None).await);
+    }
+    relay
+        .wait_metric(r#"relay_connections{kind="deployment"}"#, CLIENTS as f64)
+        .await;
+    let publishing = publish_numbered(publisher, "d-lag", 0..EVENTS);
+    let readers = clients
+        .into_iter()
+        .map(|mut client| async move { client.events(EVENTS).await });
+    let received = futures::future::join_all(readers).await;
+    let published = publishing.await.expect("publisher");
+    for events in &received {
+        assert_exactly_once(events, &published);
+    }
+    // With room for one queued event, 20 readers fall behind a burst of 1000 events.
+    let lagged = sample_opt(&relay.metrics().await, "relay_clients_lagged_total")
+        .expect("relay_clients_lagged_total");
+    assert!(
+        lagged >= 1.0,
+        "no client fell behind: the test did not test"
+    );
+}
+
+both_modes! {
+/// The replica's NATS connection is cut mid-stream (its live source loses what is published
+/// meanwhile); after the reconnect every client has every event exactly once.
+async fn a_live_source_that_loses_its_connection_is_repaired(mode) {
+    const EVENTS: usize = 300;
+    let nats = Nats::start().await;
+    let proxy = Proxy::start(nats.port).await;
+    let relay = Relay::start_in(mode, &proxy.url(), &[]).await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let url = relay.url("/v1/deployments/d-cut/events");
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(SseClient::connect(&url, None).await);
+    }
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    let publishing = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        let mut cut = Some(cut_rx);
+        for i in 0..EVENTS {
+            if i == EVENTS / 3 {
+                if let Some(rx) = cut.take() {
+                    rx.await.expect("cut");
+                }
+            }
+            seqs.push(publisher.deploy("d-cut", &numbered(i)).await);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        seqs
+    });
+    relay
+        .wait_metric_at_least("relay_events_delivered_total", (5 * 50) as f64)
+        .await;
+    proxy.cut();
+    cut_tx.send(()).expect("publisher waiting");
+    let readers = clients.into_iter().map(|mut client| async move { client.events(EVENTS).await });
+    let received = futures::future::join_all(readers).await;
+    let published = publishing.await.expect("publisher");
+    for events in &received {
+        assert_exactly_once(events, &published);
+    }
+    let m = relay.metrics().await;
+    assert_eq!(sample_opt(&m, "relay_nats_connected"), Some(1.0));
+    if mode == Fanout::Shared {
+        assert_eq!(sample_opt(&m, "relay_live_sources"), Some(1.0));
+        let js = nats.jetstream().await;
+        nats.wait_consumer_count(&js, 1, WAIT).await;
+    }
+}
+}
