@@ -94,6 +94,10 @@ pub async fn serve(
     let mut watcher = tokio::spawn(jetstream::watch_stream(
         store.clone(),
         config.stream_manage.then(|| config.stream_settings()),
+        match config.fanout {
+            FanoutMode::Consumer => jetstream::CONSUMER_MODE_SERVER,
+            FanoutMode::Shared => jetstream::SHARED_MODE_SERVER,
+        },
         readiness.clone(),
         wake,
         watcher_stop.clone(),

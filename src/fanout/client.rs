@@ -83,7 +83,9 @@ impl Client {
                 return Some((Ok(delivery), self));
             }
             if self.needs_resync {
-                self.resync();
+                if !self.resync() {
+                    return None;
+                }
                 continue;
             }
             if let Some(catch_up) = &mut self.catch_up {
@@ -124,12 +126,14 @@ impl Client {
                     }
                 }
                 Queued::Lagged => self.needs_resync = true,
+                Queued::Closed => return None,
             }
         }
     }
 
-    /// Registers again at the tail's position and plans the catch-up from the cursor.
-    fn resync(&mut self) {
+    /// Registers again at the tail's position and plans the catch-up from the cursor; `false`
+    /// when the feed must end (the stream was recreated).
+    fn resync(&mut self) -> bool {
         self.needs_resync = false;
         self.handover.restart();
         let resync = self.tail.resync(
@@ -152,7 +156,9 @@ impl Client {
                     failures: 0,
                 })
             }
+            Resync::Closed => return false,
         }
+        true
     }
 }
 

@@ -42,6 +42,10 @@ pub struct TailSettings {
 const START_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
+/// How often the tail checks that its stream is still the one it follows (the ordered
+/// consumer keeps retrying on a deleted stream without an error).
+const STREAM_CHECK: Duration = Duration::from_secs(2);
+
 /// Messages the firehose pulls at a time.
 const TAIL_PULL_BATCH: i64 = 1000;
 
@@ -69,6 +73,9 @@ struct TailState {
     last_seq: u64,
     /// Local clients by NATS subject.
     clients: HashMap<String, Vec<Arc<Slot>>>,
+    /// When the followed stream was created: a different value means it was deleted and
+    /// created again, and its sequences started over.
+    stream_created: Option<time::OffsetDateTime>,
 }
 
 /// One client's place in the registry: its queue of live events, which the tail fills and the
@@ -85,6 +92,8 @@ struct SlotQueue {
     events: VecDeque<Arc<Delivery>>,
     /// The queue overflowed and was emptied: the client must catch up from its cursor.
     lagged: bool,
+    /// The stream was recreated: the client's cursor means nothing any more.
+    closed: bool,
 }
 
 /// What a client finds in its queue.
@@ -92,6 +101,8 @@ pub(super) enum Queued {
     Event(Arc<Delivery>),
     /// It fell a whole backlog behind; its queue was emptied.
     Lagged,
+    /// The stream was recreated; the client must reconnect (and is told `relay.reset`).
+    Closed,
 }
 
 impl Slot {
@@ -122,6 +133,9 @@ impl Slot {
     pub(super) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Queued> {
         self.waker.register(cx.waker());
         let mut queue = self.queue();
+        if queue.closed {
+            return Poll::Ready(Queued::Closed);
+        }
         if queue.lagged {
             return Poll::Ready(Queued::Lagged);
         }
@@ -133,7 +147,18 @@ impl Slot {
 
     /// Empties the queue and clears the lag (under the tail's lock: nothing arrives meanwhile).
     fn reset(&self) {
-        *self.queue() = SlotQueue::default();
+        let mut queue = self.queue();
+        queue.events = VecDeque::new();
+        queue.lagged = false;
+    }
+
+    fn close(&self) {
+        {
+            let mut queue = self.queue();
+            queue.events = VecDeque::new();
+            queue.closed = true;
+        }
+        self.waker.wake();
     }
 }
 
@@ -165,6 +190,8 @@ pub(super) enum Resync {
     /// The ring does not reach back to its cursor: it must read up to the ring's `horizon` (the
     /// sequence before the oldest event the ring holds completely) from JetStream.
     Miss { horizon: u64 },
+    /// The stream was recreated: the client must reconnect.
+    Closed,
 }
 
 impl LiveTail {
@@ -177,6 +204,7 @@ impl LiveTail {
                     ring: None,
                     last_seq: 0,
                     clients: HashMap::new(),
+                    stream_created: None,
                 }),
                 next_slot: AtomicU64::new(1),
                 stream_state: tokio::sync::Mutex::new(None),
@@ -221,12 +249,19 @@ impl LiveTail {
             }
             gauge!(LIVE_SOURCES).set(1.0);
             delay = START_RETRY;
+            let mut check = tokio::time::interval(STREAM_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         gauge!(LIVE_SOURCES).set(0.0);
                         return;
                     }
+                    _ = check.tick() => if inner.stream_recreated().await {
+                        tracing::warn!("the stream was recreated; the live tail starts over");
+                        inner.start_over();
+                        break;
+                    },
                     item = feed.next() => match item {
                         Some(Ok(event)) => inner.take_in(Arc::new(Delivery::new(event))),
                         Some(Err(err)) => {
@@ -367,7 +402,8 @@ impl Inner {
                 return Ok(state.last_seq);
             }
         }
-        let stream = self.store.stream_state().await?;
+        let info = self.store.stream_info().await?;
+        let stream = info.state;
         let after = stream.first_sequence.saturating_sub(1).max(
             stream
                 .last_sequence
@@ -381,8 +417,33 @@ impl Inner {
                 after,
             ));
             state.last_seq = after;
+            state.stream_created = Some(info.created);
         }
         Ok(state.last_seq)
+    }
+
+    /// Whether the stream now has another creation time than when the tail started (a failed
+    /// request says nothing).
+    async fn stream_recreated(&self) -> bool {
+        let Ok(info) = self.store.stream_info().await else {
+            return false;
+        };
+        let known = self.lock().stream_created;
+        known.is_some_and(|created| created != info.created)
+    }
+
+    /// Forgets the old stream: the ring, the position, and every client (whose streams end, so
+    /// they reconnect with their Last-Event-ID and are told `relay.reset`).
+    fn start_over(&self) {
+        let mut state = self.lock();
+        state.ring = None;
+        state.last_seq = 0;
+        state.stream_created = None;
+        for (_, slots) in state.clients.drain() {
+            for slot in slots {
+                slot.close();
+            }
+        }
     }
 
     /// One event from the firehose: into the ring, then to the queue of every local client of
@@ -404,6 +465,9 @@ impl Inner {
     /// in it is at or below that position) and its catch-up after `after` planned.
     pub(super) fn resync(&self, slot: &Slot, after: u64, subjects: &[String]) -> Resync {
         let state = self.lock();
+        if slot.queue().closed {
+            return Resync::Closed;
+        }
         slot.reset();
         let from_ring = state
             .ring

@@ -7,14 +7,32 @@ use async_nats::{ConnectOptions, Event};
 
 use crate::config::Config;
 
-/// The first nats-server version that applies `filter_subjects` (2.9 silently ignores them).
-pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
+/// The oldest nats-server a fan-out mode works with, and what it needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinServer {
+    pub version: (u64, u64),
+    pub needs: &'static str,
+}
 
-/// The connected server is older than [`MIN_SERVER_VERSION`].
+/// `RELAY_FANOUT=consumer`: 2.10 is the first to apply `filter_subjects` (2.9 silently ignores
+/// them, which would leak other subjects).
+pub const CONSUMER_MODE_SERVER: MinServer = MinServer {
+    version: (2, 10),
+    needs: "multi-subject consumer filters",
+};
+
+/// `RELAY_FANOUT=shared`: 2.11 is the first to answer batched direct gets (ADR-31).
+pub const SHARED_MODE_SERVER: MinServer = MinServer {
+    version: (2, 11),
+    needs: "batched direct gets",
+};
+
+/// The connected server is older than the mode needs.
 #[derive(Debug, thiserror::Error)]
-#[error("nats-server {found} is too old: sse-relay needs 2.10 or newer (multi-subject filters)")]
+#[error("nats-server {found} is too old: this mode of sse-relay needs {}.{} or newer ({})", needed.version.0, needed.version.1, needed.needs)]
 pub struct ServerTooOld {
     pub found: String,
+    pub needed: MinServer,
 }
 
 /// Connects in the background and keeps reconnecting; returns at once even if no server is up
@@ -56,17 +74,18 @@ where
 }
 
 /// Checks the version the connected server reported.
-pub fn check_server_version(version: &str) -> Result<(), ServerTooOld> {
+pub fn check_server_version(version: &str, needed: MinServer) -> Result<(), ServerTooOld> {
     let mut parts = version
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u64>().unwrap_or(0));
     let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if found >= MIN_SERVER_VERSION {
+    if found >= needed.version {
         Ok(())
     } else {
         Err(ServerTooOld {
             found: version.to_owned(),
+            needed,
         })
     }
 }
@@ -76,11 +95,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_below_2_10_are_refused() {
-        assert!(check_server_version("2.10.0").is_ok());
-        assert!(check_server_version("2.15.1").is_ok());
-        assert!(check_server_version("3.0.0-beta").is_ok());
-        assert!(check_server_version("2.9.25").is_err());
-        assert!(check_server_version("").is_err());
+    fn versions_below_the_modes_minimum_are_refused() {
+        let consumer = |v| check_server_version(v, CONSUMER_MODE_SERVER);
+        assert!(consumer("2.10.0").is_ok());
+        assert!(consumer("2.15.1").is_ok());
+        assert!(consumer("3.0.0-beta").is_ok());
+        assert!(consumer("2.9.25").is_err());
+        assert!(consumer("").is_err());
+        let shared = |v| check_server_version(v, SHARED_MODE_SERVER);
+        assert!(shared("2.11.0").is_ok());
+        let err = shared("2.10.22").expect_err("too old for direct batches");
+        assert!(
+            err.to_string()
+                .contains("2.11 or newer (batched direct gets)"),
+            "{err}"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Keeps [`Readiness`] true to NATS: polls the connection and the stream, provisions the stream
-//! when managed (again after every reconnect), and refuses servers older than 2.10.
+//! when managed (again after every reconnect), and refuses servers older than the fan-out mode needs.
 //!
 //! The ordered consumers never report a missing stream (they retry forever), so readiness must
 //! come from here rather than from them.
@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::check_server_version;
-use super::{EventStore, ServerTooOld, StreamSettings};
+use super::{EventStore, MinServer, ServerTooOld, StreamSettings};
 use crate::readiness::Readiness;
 
 /// How often the stream is checked when nothing else wakes the watcher.
@@ -61,6 +61,7 @@ impl Failover {
 pub async fn watch_stream(
     store: EventStore,
     manage: Option<StreamSettings>,
+    min_server: MinServer,
     readiness: Arc<Readiness>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
@@ -74,7 +75,7 @@ pub async fn watch_stream(
         readiness.set_nats_connected(connected);
         let mut reachable = false;
         if connected {
-            check_server_version(&store.client().server_info().version)?;
+            check_server_version(&store.client().server_info().version, min_server)?;
             if let (Some(settings), false) = (&manage, provisioned) {
                 match store.provision(settings).await {
                     Ok(()) => {

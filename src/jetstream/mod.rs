@@ -22,7 +22,10 @@ use async_nats::jetstream;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-pub use connect::{check_server_version, connect, ServerTooOld};
+pub use connect::{
+    check_server_version, connect, MinServer, ServerTooOld, CONSUMER_MODE_SERVER,
+    SHARED_MODE_SERVER,
+};
 pub use direct::DirectPage;
 pub use event::RelayEvent;
 pub use feed::{EventFeed, FeedError, Subscription};

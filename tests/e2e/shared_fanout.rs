@@ -198,3 +198,49 @@ async fn a_live_source_that_loses_its_connection_is_repaired(mode) {
     }
 }
 }
+
+/// The stream is deleted and created again (its sequences start over): the live tail starts
+/// over, open streams end, and a client reconnecting with its Last-Event-ID is told
+/// `relay.reset`, then gets the new stream's events and its live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_stream_restarts_the_live_tail_and_resets_clients() {
+    let nats = Nats::start().await;
+    let relay = Relay::start_in(Fanout::Shared, &nats.url(), &[]).await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let subject = deployment("d-again");
+    let mut old = Vec::new();
+    for i in 0..5 {
+        old.push(publisher.publish(&subject, &numbered(i), None).await);
+    }
+    let url = relay.url("/v1/deployments/d-again/events");
+    let mut client = SseClient::connect(&url, None).await;
+    assert_eq!(ids(&client.events(5).await), old);
+
+    let js = nats.jetstream().await;
+    js.delete_stream(STREAM).await.expect("delete stream");
+    // The relay provisions the stream again; publish into it once it exists.
+    let new = vec![
+        publisher
+            .publish_until_acked(&subject, r#"{"new":0}"#, "new-0")
+            .await,
+        publisher
+            .publish_until_acked(&subject, r#"{"new":1}"#, "new-1")
+            .await,
+    ];
+    assert_eq!(new, vec![1, 2], "the recreated stream starts over");
+    // The open stream ends (the tail noticed); nothing of the new stream arrives on it.
+    while let Some(item) = client.next_item().await {
+        if let sse_relay::sse::SseItem::Event(event) = item {
+            panic!("unexpected event on the old stream: {event:?}");
+        }
+    }
+    relay.wait_ready_status(200).await;
+    let mut again = SseClient::connect(&url, Some("5")).await;
+    let reset = again.next_event().await;
+    assert_eq!(reset.event, "relay.reset");
+    let data: serde_json::Value = serde_json::from_str(&reset.data).expect("JSON");
+    assert_eq!(data, serde_json::json!({"requested": 5, "last_seq": 2}));
+    assert_eq!(ids(&again.events(2).await), new);
+    let live = publisher.publish(&subject, r#"{"new":2}"#, None).await;
+    assert_eq!(ids(&again.events(1).await), vec![live]);
+}
