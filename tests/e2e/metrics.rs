@@ -88,3 +88,38 @@ async fn a_known_scenario_scrapes_exactly() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Shared mode: the live-tail series after a known scenario — one live source, catch-ups from
+/// the ring (two streams, one timeline page), no JetStream catch-up, no lagging client, and
+/// one consumer created (the tail's) however many clients there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_modes_series_scrape_exactly() {
+    let nats = Nats::start().await;
+    let relay = Relay::start_in(Fanout::Shared, &nats.url(), &[]).await;
+    let before = relay.metrics().await;
+    assert_eq!(sample(&before, "relay_live_sources"), 1.0);
+    let publisher = Publisher::connect(&nats.url()).await;
+    for i in 0..3 {
+        publisher.deploy("d-s", &numbered(i)).await;
+    }
+    let url = relay.url("/v1/deployments/d-s/events");
+    let mut fresh = SseClient::connect(&url, None).await;
+    let mut resumed = SseClient::connect(&url, Some("1")).await;
+    assert_eq!(ids(&fresh.events(3).await), vec![1, 2, 3]);
+    assert_eq!(ids(&resumed.events(2).await), vec![2, 3]);
+    let (status, page) = get_json(&relay.url("/v1/deployments/d-s/timeline?after=1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["next_after"], 3);
+
+    let m = relay.metrics().await;
+    assert_eq!(sample(&m, "relay_live_sources"), 1.0);
+    assert_eq!(sample(&m, "relay_ring_hits_total"), 3.0);
+    assert_eq!(sample(&m, "relay_ring_misses_total"), 0.0);
+    assert_eq!(sample(&m, "relay_catch_up_pages_total"), 0.0);
+    assert_eq!(sample(&m, "relay_handovers_total"), 2.0);
+    assert_eq!(sample(&m, "relay_clients_lagged_total"), 0.0);
+    assert_eq!(sample(&m, "relay_consumers_created_total"), 1.0);
+    assert_eq!(sample(&m, "relay_events_delivered_total"), 5.0);
+    assert_eq!(sample(&m, "relay_resumes_total"), 1.0);
+    assert_eq!(sample(&m, r#"relay_connections{kind="deployment"}"#), 2.0);
+}

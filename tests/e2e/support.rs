@@ -707,16 +707,10 @@ pub fn sample_opt(metrics: &str, series: &str) -> Option<f64> {
 }
 
 /// One sample from Prometheus text: `series` is the name with its labels exactly as exposed,
-/// e.g. `relay_connections{kind="deployment"}`. Absent series read as 0.
+/// e.g. `relay_connections{kind="deployment"}`. A series that is not exposed fails the test (so
+/// an "is zero" check cannot pass for a metric that does not exist).
 pub fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().expect("numeric sample"))
-        })
-        .unwrap_or(0.0)
+    sample_opt(metrics, series).unwrap_or_else(|| panic!("{series} is not exposed"))
 }
 
 /// The payload the failover tests publish as event `i`.
