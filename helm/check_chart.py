@@ -27,15 +27,17 @@ KUBE_VERSION = "1.37.0"
 NAMESPACE = "deploy"
 RELEASE = "relay"
 
-# Every RELAY_* variable of the contract (§5), plus the additions RELAY_WRITE_TIMEOUT and
-# RELAY_STREAM_MAX_CONSUMERS.
+# Every RELAY_* variable of docs/api.md (configuration), including the additions beyond the
+# first contract: RELAY_WRITE_TIMEOUT, RELAY_STREAM_MAX_CONSUMERS, and the shared mode's
+# RELAY_RING_EVENTS, RELAY_RING_BYTES, RELAY_CLIENT_BACKLOG.
 CONTRACT_VARS = {
     "RELAY_LISTEN", "RELAY_NATS_URL", "RELAY_NATS_CREDS", "RELAY_NATS_TOKEN", "RELAY_NATS_CA",
     "RELAY_STREAM", "RELAY_STREAM_MANAGE", "RELAY_STREAM_REPLICAS", "RELAY_STREAM_MAX_AGE",
     "RELAY_STREAM_MAX_MSGS_PER_SUBJECT", "RELAY_MAX_CONNECTIONS", "RELAY_MAX_CONNECTIONS_PER_KEY",
     "RELAY_HEARTBEAT", "RELAY_RETRY", "RELAY_DRAIN_TIMEOUT", "RELAY_AUTH", "RELAY_JWT_SECRET",
     "RELAY_JWT_PUBLIC_KEY_FILE", "RELAY_JWT_AUDIENCE", "RELAY_CORS_ORIGINS", "RELAY_LOG",
-    "RELAY_LOG_FORMAT", "RELAY_WRITE_TIMEOUT", "RELAY_STREAM_MAX_CONSUMERS",
+    "RELAY_LOG_FORMAT", "RELAY_WRITE_TIMEOUT", "RELAY_STREAM_MAX_CONSUMERS", "RELAY_FANOUT",
+    "RELAY_RING_EVENTS", "RELAY_RING_BYTES", "RELAY_CLIENT_BACKLOG",
 }
 
 VALUE_SETS: dict[str, dict] = {
@@ -47,7 +49,8 @@ VALUE_SETS: dict[str, dict] = {
             "tokenSecret": {"name": "relay-nats-token", "key": "token"},
             "caSecret": {"name": "nats-ca", "key": "ca.crt"},
         },
-        "relay": {"streamReplicas": 1, "drainTimeoutSeconds": 45, "corsOrigins": ["https://a.example", "https://b.example"]},
+        "relay": {"streamReplicas": 1, "drainTimeoutSeconds": 45, "corsOrigins": ["https://a.example", "https://b.example"],
+                  "fanout": "shared", "ringBytes": 67108864},
     },
     "auth-existing-secret": {
         "auth": {"mode": "jwt", "existingSecret": "relay-jwt", "secretKey": "hs256", "audience": "sse-relay"},
@@ -191,6 +194,8 @@ def main() -> int:
             check(env["RELAY_NATS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "relay-nats-token", "key": "token"},
                   "other-nats: token from its Secret")
             check(env["RELAY_CORS_ORIGINS"]["value"] == "https://a.example,https://b.example", "other-nats: CORS list")
+            check(env["RELAY_FANOUT"]["value"] == "shared", "other-nats: shared fan-out")
+            check(env["RELAY_RING_BYTES"]["value"] == "67108864", "other-nats: ring bytes as a plain integer")
             check(pod["terminationGracePeriodSeconds"] > 45 + 5, "other-nats: grace follows the drain timeout")
             volumes = {v["name"]: v for v in pod["volumes"]}
             check(volumes["nats-creds"]["secret"]["secretName"] == "relay-nats-creds", "other-nats: creds volume")
