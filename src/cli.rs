@@ -1,4 +1,4 @@
-//! The command line (contract §4).
+//! The command line (`docs/api.md` §2).
 
 use clap::{Parser, Subcommand};
 

@@ -1,4 +1,4 @@
-//! Configuration from `RELAY_*` environment variables (contract §5).
+//! Configuration from `RELAY_*` environment variables (`docs/api.md` §3).
 //!
 //! Read with `envy` into one flat struct; durations are humantime strings. A value that does not
 //! parse refuses start-up with an error naming the variable, because a relay that silently runs
@@ -26,7 +26,7 @@ pub enum AuthMode {
     Jwt,
 }
 
-/// How events reach clients (`docs/api.md`, `RELAY_FANOUT`).
+/// How events reach clients (`docs/api.md` §1, `RELAY_FANOUT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FanoutMode {
@@ -302,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_contract() {
+    fn defaults_match_the_api_doc() {
         let c = Config::from_vars(vec![]).expect("defaults are valid");
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.fanout, FanoutMode::Consumer);

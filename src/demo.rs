@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::jetstream::{self, EventStore};
 use crate::subject::{Subject, SubjectKey};
 
-/// The six pipeline stages, in order (contract §7).
+/// The six pipeline stages, in order (`docs/api.md` §8).
 pub const STAGES: [&str; 6] = [
     "request_validation",
     "deployment_preparation",

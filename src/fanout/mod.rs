@@ -1,4 +1,4 @@
-//! How events reach SSE clients, in one of two modes (`RELAY_FANOUT`, `docs/api.md`):
+//! How events reach SSE clients, in one of two modes (`RELAY_FANOUT`, `docs/api.md` §1):
 //! - `consumer`: every client follows its own ordered JetStream consumer;
 //! - `shared`: the replica follows the stream once (the [`LiveTail`]), frames each event once and
 //!   hands it to every local client of its subject; a client's catch-up comes from the tail's
@@ -117,7 +117,7 @@ impl Fanout {
         }
     }
 
-    /// A timeline page of `subject` after `after` (`docs/api.md`, timeline).
+    /// A timeline page of `subject` after `after` (`docs/api.md` §4).
     pub async fn timeline(
         &self,
         subject: &Subject,

@@ -1,4 +1,4 @@
-//! Every HTTP error the relay returns: JSON `{"error":"<code>","message":"<text>"}` (contract §6).
+//! Every HTTP error the relay returns: JSON `{"error":"<code>","message":"<text>"}` (`docs/api.md` §6).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -62,7 +62,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_json_holds_the_contract_defaults() {
+    fn stream_json_holds_the_documented_defaults() {
         let def = stream_definition();
         assert_eq!(def.name, "DEPLOY_EVENTS");
         assert_eq!(def.subjects, vec!["deploy.*", "pavilion.*"]);

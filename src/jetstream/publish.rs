@@ -1,4 +1,4 @@
-//! Publishing stage events with the headers of contract §7.
+//! Publishing stage events with the headers of `docs/api.md` §8.
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::HeaderMap;

@@ -1,5 +1,5 @@
 //! Where a client's events start: the resume point checked against the stream's state, decided
-//! once when a stream opens (`docs/api.md`, "SSE stream semantics": `relay.gap`, `relay.reset`).
+//! once when a stream opens (`docs/api.md` §5: `relay.gap`, `relay.reset`).
 
 use async_nats::jetstream::stream;
 

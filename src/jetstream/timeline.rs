@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::{EventStore, RelayEvent, StoreError, API_TIMEOUT};
 use crate::subject::Subject;
 
-/// One event of a timeline page (contract §6).
+/// One event of a timeline page (`docs/api.md` §4, timeline).
 #[derive(Debug, Serialize)]
 pub struct TimelineEvent {
     pub seq: u64,

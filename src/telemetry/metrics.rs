@@ -1,4 +1,4 @@
-//! Prometheus metrics (contract §8), through the `metrics` facade so the modules that count do
+//! Prometheus metrics (`docs/api.md` §9), through the `metrics` facade so the modules that count do
 //! not depend on the exporter. Hot-path handles are resolved once per connection.
 
 use std::sync::OnceLock;
