@@ -6,7 +6,6 @@
 //! quarters of `RELAY_DRAIN_TIMEOUT`, then closes; once all are closed (or the time is up) the
 //! HTTP server stops, the consumers' deletions are awaited, and `serve` returns.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, FanoutMode};
 use crate::fanout::{Fanout, LiveTail, TailSettings};
-use crate::http::{router, AppState, StallGuardedListener};
+use crate::http::{self, router, AppState, StallGuardedListener};
 use crate::jetstream::{self, EventStore, ServerTooOld};
 use crate::readiness::Readiness;
 use crate::telemetry::metrics;
@@ -121,11 +120,7 @@ pub async fn serve(
     let stop_http = CancellationToken::new();
     let listener = StallGuardedListener::new(listener, config.write_timeout);
     // Its own task: it must keep accepting (and refusing with 503) while the drain runs.
-    let mut server = tokio::spawn(
-        axum::serve(listener, router(state).into_make_service())
-            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-            .into_future(),
-    );
+    let mut server = tokio::spawn(http::serve(listener, router(state), stop_http.clone()));
 
     tokio::select! {
         result = &mut server => {

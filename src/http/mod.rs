@@ -10,6 +10,7 @@ mod extract;
 mod health;
 mod limits;
 mod middleware;
+mod serve;
 mod stall;
 mod timeline;
 
@@ -26,6 +27,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 pub use limits::ConnectionLimits;
+pub use serve::serve;
 pub use stall::StallGuardedListener;
 
 use crate::config::{Config, ConfigError};
