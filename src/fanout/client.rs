@@ -90,7 +90,14 @@ impl Client {
             }
             if let Some(catch_up) = &mut self.catch_up {
                 let subjects = &self.registration.subjects;
-                match read_page(self.tail.store(), subjects, catch_up.from, catch_up.until).await {
+                // Boxed: an idle client's future then holds a pointer, not the read's state.
+                let page = Box::pin(read_page(
+                    self.tail.store(),
+                    subjects,
+                    catch_up.from,
+                    catch_up.until,
+                ));
+                match page.await {
                     Ok(page) => {
                         counter!(CATCH_UP_PAGES).increment(1);
                         catch_up.failures = 0;
