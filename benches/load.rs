@@ -1,19 +1,41 @@
 //! `make bench`: the load benchmark (contract §10).
 //!
-//! Starts its own nats-server(s) and relay(s) on loopback, opens C concurrent SSE clients, publishes
-//! R events/s spread over K deployments and one pavilion, and prints one row per (C, R) with the
-//! same load delivered by plain NATS core subscriptions (the ceiling) beside it; then a reconnect
-//! storm and a scale-out run on a 3-node cluster with a node killed. Every client checks it got
-//! every event of its subject exactly once.
+//! Starts its own nats-server(s) and relay(s) on loopback, opens concurrent SSE clients, publishes
+//! events spread over K deployments and one pavilion, and checks that every client got every event
+//! of its subject exactly once (the `lost` and `dup` columns). Parts, selected with
+//! `BENCH_PARTS=sweep,traced,storm,churn,scale` (comma-separated; default: all of them):
+//!
+//! - `sweep`: for every (C clients, R events/s) one row per relay fan-out mode and, beside them in
+//!   the same run, the same load delivered by plain NATS core subscriptions (`ceiling`); then a
+//!   relay ÷ ceiling table with one row per mode and (C, R);
+//! - `traced`: the cost of tracing every delivery (OTLP to a local sink that discards it);
+//! - `storm`: a reconnect storm — every client reconnecting with its `Last-Event-ID`, jittered
+//!   over 3 s, once after all clients dropped their connections at once (the relay stays) and once
+//!   after the relay was SIGKILLed and a new one started; time until all are live again, the
+//!   consumers created meanwhile (relay `/metrics` and nats-server advisories);
+//! - `churn`: 200 clients each dropping and resuming its connection about every second while
+//!   100 events/s flow; relay RSS at start, peak and end;
+//! - `scale`: 3 relay replicas on a 3-node NATS cluster, a NATS node SIGKILLed halfway.
+//!
+//! Fan-out modes (`RELAY_FANOUT`, given to every relay started): `BENCH_MODES=consumer,shared`
+//! (default: both) — `consumer` is one JetStream ordered consumer per SSE client, `shared` one live
+//! tail per replica fanned out in process. Every part runs once per selected mode.
+//!
+//! Every row gets a fresh nats-server (a fresh cluster for `scale`) and a fresh relay, so the
+//! nats RSS of a row is that row's alone and comparable across client counts; the `consumers`
+//! column is the stream's `consumer_count` with all clients connected and caught up.
 //!
 //! `BENCH_QUICK=1` for a smoke run; `BENCH_CLIENTS=100,1000` and `BENCH_RATES=1000` override the
-//! sweep; `BENCH_SECONDS` the publishing time per row. Results go to stdout and, for a full run, to
-//! `docs/benchmarks.md`.
+//! sweep; `BENCH_SECONDS` the publishing time per row; `BENCH_DEBUG=1` prints every client that
+//! missed an event. Results go to stdout and — only for a full run: every part, both modes, the
+//! default sweep, no `BENCH_QUICK` — to `docs/benchmarks-raw.md` (`docs/benchmarks.md` is the
+//! written analysis of them). Ends with the lost and duplicated totals over every part, and exits
+//! with status 1 if either is not 0.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -22,12 +44,17 @@ use sse_relay::sse::{SseItem, SseParser};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 const K_DEPLOYMENTS: usize = 100;
 /// How long a run waits after publishing for every client to have every event; what has not
 /// arrived by then counts as lost.
 const DELIVERY_WAIT_SECS: u64 = 120;
 const OPEN_FILES_LIMIT: u64 = 20_000;
+/// The parts, in the order they run.
+const PARTS: [&str; 5] = ["sweep", "traced", "storm", "churn", "scale"];
+/// The relay's fan-out modes (`RELAY_FANOUT`).
+const MODES: [&str; 2] = ["consumer", "shared"];
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -41,6 +68,17 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// Resident memory of process `pid` in MiB (0 once it is gone).
+fn rss_mib_of(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 struct Proc {
@@ -73,16 +111,14 @@ impl Proc {
     }
 
     fn rss_mib(&self) -> f64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
+        rss_mib_of(self.pid)
     }
 
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
     async fn kill(&mut self) {
         self.child.kill().await.ok();
     }
@@ -187,6 +223,93 @@ impl Nats {
     fn rss_mib(&self) -> f64 {
         self.procs.iter().map(Proc::rss_mib).sum()
     }
+
+    /// The URLs of the nodes still running (a scale-out run kills one).
+    fn live_urls(&mut self) -> Vec<String> {
+        self.procs
+            .iter_mut()
+            .zip(&self.urls)
+            .filter_map(|(p, url)| p.alive().then(|| url.clone()))
+            .collect()
+    }
+
+    /// The relay's stream as the ceiling's publishers need it (no relay provisions it there).
+    async fn create_stream(&self) {
+        let client = async_nats::connect(self.urls[0].as_str())
+            .await
+            .expect("connect");
+        let mut config = sse_relay::jetstream::stream_definition().clone();
+        config.max_messages_per_subject = 100_000;
+        async_nats::jetstream::new(client)
+            .create_stream(config)
+            .await
+            .expect("create stream");
+    }
+
+    /// The stream's `consumer_count` as the server reports it now (None if it cannot be asked).
+    async fn consumer_count(&mut self) -> Option<usize> {
+        let urls = self.live_urls();
+        let name = sse_relay::jetstream::stream_definition().name.clone();
+        tokio::time::timeout(Duration::from_secs(10), async move {
+            let client = async_nats::connect(urls.as_slice()).await.ok()?;
+            let stream = async_nats::jetstream::new(client)
+                .get_stream(name)
+                .await
+                .ok()?;
+            Some(stream.cached_info().state.consumer_count)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Counts the server's consumer-created advisories from now on: every JetStream consumer
+    /// created, whichever relay process created it.
+    async fn consumer_creations(&self) -> Advisories {
+        let client = async_nats::connect(self.urls[0].as_str())
+            .await
+            .expect("connect");
+        let mut sub = client
+            .subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.>")
+            .await
+            .expect("subscribe");
+        client.flush().await.ok();
+        let count = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let count = count.clone();
+            async move {
+                let _client = client;
+                while sub.next().await.is_some() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Advisories { count, task }
+    }
+
+    /// SIGKILLs every node and waits for them to be gone.
+    async fn stop(mut self) {
+        for proc in &mut self.procs {
+            proc.kill().await;
+        }
+    }
+}
+
+struct Advisories {
+    count: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Advisories {
+    fn get(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Advisories {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 struct Relay {
@@ -195,11 +318,16 @@ struct Relay {
 }
 
 impl Relay {
-    async fn start(nats_urls: &str, replicas: usize) -> Relay {
-        Self::start_with(nats_urls, replicas, &[]).await
+    async fn start(nats_urls: &str, replicas: usize, mode: &str) -> Relay {
+        Self::start_with(nats_urls, replicas, mode, &[]).await
     }
 
-    async fn start_with(nats_urls: &str, replicas: usize, env: &[(&str, String)]) -> Relay {
+    async fn start_with(
+        nats_urls: &str,
+        replicas: usize,
+        mode: &str,
+        env: &[(&str, String)],
+    ) -> Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sse-relay"));
         child.env_clear();
         child.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
@@ -208,6 +336,7 @@ impl Relay {
             .env("RELAY_NATS_URL", nats_urls)
             .env("RELAY_LISTEN", "127.0.0.1:0")
             .env("RELAY_LOG", "warn,sse_relay::server=info")
+            .env("RELAY_FANOUT", mode)
             .env("RELAY_MAX_CONNECTIONS", "20000")
             .env("RELAY_MAX_CONNECTIONS_PER_KEY", "20000")
             .env("RELAY_STREAM_REPLICAS", replicas.to_string())
@@ -257,6 +386,16 @@ impl Relay {
             })
             .unwrap_or(0.0)
     }
+
+    /// `relay_consumers_created_total` of this process.
+    async fn consumers_created(&self) -> f64 {
+        self.metric("relay_consumers_created_total").await
+    }
+
+    /// SIGKILLs the relay and waits for it to be gone.
+    async fn stop(mut self) {
+        self.proc.kill().await;
+    }
 }
 
 async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
@@ -266,6 +405,19 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
+/// Samples a process's RSS every 100 ms until `stop`; returns the peak.
+fn rss_peak_sampler(pid: u32, stop: CancellationToken) -> tokio::task::JoinHandle<f64> {
+    tokio::spawn(async move {
+        let mut peak = 0.0f64;
+        loop {
+            peak = peak.max(rss_mib_of(pid));
+            tokio::select! {
+                _ = stop.cancelled() => return peak,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    })
+}
 // ---------------------------------------------------------------------------------------------
 // Load
 
@@ -371,26 +523,33 @@ async fn publish_load(nats_urls: &str, run: &str, rate: u32, seconds: f64) -> Ve
     counts
 }
 
-/// One SSE client: connects (with a resume point), reads until `done`, records what it gets.
-async fn sse_client(
-    http: reqwest::Client,
-    url: String,
-    received: Arc<Mutex<Received>>,
-    connected: Arc<AtomicUsize>,
-    done: tokio_util::sync::CancellationToken,
-) -> bool {
+/// Opens an SSE stream, resuming with `Last-Event-ID` after the last event received if any.
+/// None unless the answer is 200, or if `done` comes first.
+async fn sse_open(
+    http: &reqwest::Client,
+    url: &str,
+    received: &Mutex<Received>,
+    done: &CancellationToken,
+) -> Option<reqwest::Response> {
     let last = received.lock().expect("lock").last_id;
-    let mut request = http.get(&url);
+    let mut request = http.get(url);
     if last > 0 {
         request = request.header("Last-Event-ID", last.to_string());
     }
-    let Ok(mut response) = request.send().await else {
-        return false;
+    let response = tokio::select! {
+        _ = done.cancelled() => return None,
+        response = request.send() => response.ok()?,
     };
-    if response.status().as_u16() != 200 {
-        return false;
-    }
-    connected.fetch_add(1, Ordering::Relaxed);
+    (response.status().as_u16() == 200).then_some(response)
+}
+
+/// Reads an open SSE stream until `done` (true) or the stream ends or fails (false), recording
+/// every event.
+async fn sse_read(
+    mut response: reqwest::Response,
+    received: &Mutex<Received>,
+    done: &CancellationToken,
+) -> bool {
     let mut parser = SseParser::new();
     loop {
         let chunk = tokio::select! {
@@ -413,6 +572,13 @@ async fn sse_client(
             }
         }
     }
+}
+
+fn new_received() -> Arc<Mutex<Received>> {
+    Arc::new(Mutex::new(Received {
+        ids_increasing: true,
+        ..Default::default()
+    }))
 }
 
 /// HTTP clients bound to different loopback source addresses, so 10 000+ connections (and a
@@ -502,8 +668,15 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
+/// What a relay row measured of its relay(s).
+struct RelayUse {
+    rss: f64,
+    kib_per_conn: f64,
+    cpu: f64,
+}
+
 struct Row {
-    mode: &'static str,
+    mode: String,
     clients: usize,
     rate: u32,
     held: usize,
@@ -511,27 +684,29 @@ struct Row {
     p50: f64,
     p99: f64,
     max: f64,
-    relay_rss: f64,
-    relay_kib_per_conn: f64,
-    relay_cpu: f64,
+    /// None for the ceiling.
+    relay: Option<RelayUse>,
     nats_rss: f64,
+    nats_kib_per_conn: f64,
     nats_cpu: f64,
+    consumers: Option<usize>,
     lost: u64,
     duplicated: u64,
 }
 
+/// RSS growth in MiB spread over `clients`, in KiB each.
+fn kib_per_conn(growth_mib: f64, clients: usize) -> f64 {
+    if clients > 0 {
+        growth_mib * 1024.0 / clients as f64
+    } else {
+        0.0
+    }
+}
+
 impl Row {
-    fn from(
-        mode: &'static str,
-        clients: usize,
-        rate: u32,
-        mut outcome: Outcome,
-        seconds: f64,
-        relay: Option<(f64, f64, f64)>,
-        nats: (f64, f64),
-    ) -> Row {
+    /// The delivery figures of a row; the callers add what they measured of the processes.
+    fn new(mode: String, clients: usize, rate: u32, mut outcome: Outcome, seconds: f64) -> Row {
         outcome.latencies_us.sort_unstable();
-        let (relay_rss, idle_rss, relay_cpu) = relay.unwrap_or((0.0, 0.0, 0.0));
         Row {
             mode,
             clients,
@@ -541,45 +716,45 @@ impl Row {
             p50: percentile(&outcome.latencies_us, 0.50),
             p99: percentile(&outcome.latencies_us, 0.99),
             max: percentile(&outcome.latencies_us, 1.0),
-            relay_rss,
-            relay_kib_per_conn: if clients > 0 {
-                idle_rss * 1024.0 / clients as f64
-            } else {
-                0.0
-            },
-            relay_cpu,
-            nats_rss: nats.0,
-            nats_cpu: nats.1,
+            relay: None,
+            nats_rss: 0.0,
+            nats_kib_per_conn: 0.0,
+            nats_cpu: 0.0,
+            consumers: None,
             lost: outcome.lost,
             duplicated: outcome.duplicated,
         }
     }
 
     fn header() -> String {
-        "| mode | C | R ev/s | held | delivered/s | p50 ms | p99 ms | max ms | relay RSS MiB | relay KiB/conn (idle) | relay CPU % | nats RSS MiB | nats CPU % | lost | dup |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".to_owned()
+        "| mode | C | R ev/s | held | delivered/s | p50 ms | p99 ms | max ms | relay RSS MiB | relay KiB/conn (idle) | relay CPU % | nats RSS MiB | nats KiB/conn (idle) | nats CPU % | consumers | lost | dup |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".to_owned()
     }
 
     fn line(&self) -> String {
-        let relay = |v: f64, digits: usize| {
-            if self.mode == "ceiling" {
-                "—".to_owned()
-            } else {
-                format!("{v:.digits$}")
-            }
+        let relay = |v: fn(&RelayUse) -> f64, digits: usize| {
+            self.relay
+                .as_ref()
+                .map_or_else(|| "—".to_owned(), |r| format!("{:.digits$}", v(r)))
         };
+        let consumers = self
+            .consumers
+            .map_or_else(|| "?".to_owned(), |n| n.to_string());
         format!(
-            "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.0} | {:.0} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {} | {} | {} |",
             self.mode, self.clients, self.rate, self.held, self.delivered_per_s, self.p50,
-            self.p99, self.max, relay(self.relay_rss, 0), relay(self.relay_kib_per_conn, 1),
-            relay(self.relay_cpu, 0), self.nats_rss, self.nats_cpu, self.lost, self.duplicated
+            self.p99, self.max, relay(|r| r.rss, 0), relay(|r| r.kib_per_conn, 1),
+            relay(|r| r.cpu, 0), self.nats_rss, self.nats_kib_per_conn, self.nats_cpu,
+            consumers, self.lost, self.duplicated
         )
     }
 }
 
-/// The relay case: C SSE clients on one replica (or spread over several).
+/// The relay case: C SSE clients on one replica (or spread over several). `nats` should be fresh
+/// (this row's alone), so its RSS and consumer count are this row's.
 async fn relay_run(
     nats: &mut Nats,
     relays: &[Relay],
+    mode: String,
     clients: usize,
     rate: u32,
     seconds: f64,
@@ -587,21 +762,19 @@ async fn relay_run(
 ) -> Row {
     let run = format!("r{}", rand::rng().random::<u32>());
     let https = http_clients();
-    let done = tokio_util::sync::CancellationToken::new();
+    let done = CancellationToken::new();
     let connected = Arc::new(AtomicUsize::new(0));
     let mut received = Vec::new();
     let mut subject_of = Vec::new();
     let mut tasks = Vec::new();
     let gate = Arc::new(Semaphore::new(256));
     let relay_rss_before: f64 = relays.iter().map(|r| r.proc.rss_mib()).sum();
+    let nats_rss_before = nats.rss_mib();
     for i in 0..clients {
         let s = i % (K_DEPLOYMENTS + 1);
         let relay = &relays[i % relays.len()];
         let url = format!("http://{}{}", relay.addr, subject_name(&run, s).1);
-        let rec = Arc::new(Mutex::new(Received {
-            ids_increasing: true,
-            ..Default::default()
-        }));
+        let rec = new_received();
         received.push(rec.clone());
         subject_of.push(s);
         let permit = gate.clone().acquire_owned().await.expect("gate");
@@ -611,28 +784,16 @@ async fn relay_run(
             done.clone(),
         );
         tasks.push(tokio::spawn(async move {
+            // The ramp gate opens for the next client once this one's first attempt is answered.
             let mut permit = Some(permit);
             // Reconnect with Last-Event-ID until the run is over.
             while !done.is_cancelled() {
-                let before = connected.load(Ordering::Relaxed);
-                let task = sse_client(
-                    http.clone(),
-                    url.clone(),
-                    rec.clone(),
-                    connected.clone(),
-                    done.clone(),
-                );
-                tokio::pin!(task);
-                // Release the ramp gate once connected.
-                loop {
-                    tokio::select! {
-                        finished = &mut task => { let _ = finished; break; }
-                        _ = tokio::time::sleep(Duration::from_millis(20)), if permit.is_some() => {
-                            if connected.load(Ordering::Relaxed) > before { permit.take(); }
-                        }
-                    }
-                }
+                let opened = sse_open(&http, &url, &rec, &done).await;
                 permit.take();
+                if let Some(response) = opened {
+                    connected.fetch_add(1, Ordering::Relaxed);
+                    sse_read(response, &rec, &done).await;
+                }
                 if !done.is_cancelled() {
                     let backoff = Duration::from_millis(rand::rng().random_range(100..1000));
                     tokio::time::sleep(backoff).await;
@@ -647,6 +808,7 @@ async fn relay_run(
     let held = connected.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss: f64 = relays.iter().map(|r| r.proc.rss_mib()).sum::<f64>() - relay_rss_before;
+    let nats_idle_rss = nats.rss_mib() - nats_rss_before;
 
     let relay_cpu_before: f64 = relays.iter().map(|r| r.proc.cpu_seconds()).sum();
     let nats_cpu_before = nats.cpu_seconds();
@@ -676,35 +838,37 @@ async fn relay_run(
     let nats_cpu = (nats.cpu_seconds() - nats_cpu_before) / elapsed * 100.0;
     let relay_rss: f64 = relays.iter().map(|r| r.proc.rss_mib()).sum();
     let nats_rss = nats.rss_mib();
+    // All clients connected and caught up: the consumers they need now.
+    let consumers = nats.consumer_count().await;
     done.cancel();
     for task in tasks {
         task.await.ok();
     }
     let mut outcome = check(&expected, &subject_of, &received);
     outcome.held = held;
-    Row::from(
-        if relays.len() > 1 {
-            "relay×3"
-        } else {
-            "relay"
-        },
-        clients,
-        rate,
-        outcome,
-        elapsed,
-        Some((relay_rss, idle_rss, relay_cpu)),
-        (nats_rss, nats_cpu),
-    )
+    let mut row = Row::new(mode, clients, rate, outcome, elapsed);
+    row.relay = Some(RelayUse {
+        rss: relay_rss,
+        kib_per_conn: kib_per_conn(idle_rss, clients),
+        cpu: relay_cpu,
+    });
+    row.nats_rss = nats_rss;
+    row.nats_kib_per_conn = kib_per_conn(nats_idle_rss, clients);
+    row.nats_cpu = nats_cpu;
+    row.consumers = consumers;
+    row
 }
 
-/// The ceiling: the same subjects and load, delivered by plain NATS core subscriptions.
-async fn ceiling_run(nats: &Nats, clients: usize, rate: u32, seconds: f64) -> Row {
+/// The ceiling: the same subjects and load, delivered by plain NATS core subscriptions. `nats`
+/// should be fresh and have the stream (`Nats::create_stream`).
+async fn ceiling_run(nats: &mut Nats, clients: usize, rate: u32, seconds: f64) -> Row {
     let run = format!("c{}", rand::rng().random::<u32>());
     let connections = clients.div_ceil(100).max(1);
     let mut received = Vec::new();
     let mut subject_of = Vec::new();
     let mut tasks = Vec::new();
     let mut conns = Vec::new();
+    let nats_rss_before = nats.rss_mib();
     for _ in 0..connections {
         conns.push(
             async_nats::ConnectOptions::new()
@@ -720,10 +884,7 @@ async fn ceiling_run(nats: &Nats, clients: usize, rate: u32, seconds: f64) -> Ro
             .subscribe(subject_name(&run, s).0)
             .await
             .expect("subscribe");
-        let rec = Arc::new(Mutex::new(Received {
-            ids_increasing: true,
-            ..Default::default()
-        }));
+        let rec = new_received();
         received.push(rec.clone());
         subject_of.push(s);
         tasks.push(tokio::spawn(async move {
@@ -735,6 +896,8 @@ async fn ceiling_run(nats: &Nats, clients: usize, rate: u32, seconds: f64) -> Ro
     for c in &conns {
         c.flush().await.ok();
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let nats_idle_rss = nats.rss_mib() - nats_rss_before;
     let nats_cpu_before = nats.cpu_seconds();
     let started = Instant::now();
     let expected = publish_load(&nats.url_list(), &run, rate, seconds).await;
@@ -743,78 +906,148 @@ async fn ceiling_run(nats: &Nats, clients: usize, rate: u32, seconds: f64) -> Ro
     wait_delivered(received.iter(), total, Duration::from_secs(30)).await;
     let nats_cpu = (nats.cpu_seconds() - nats_cpu_before) / elapsed * 100.0;
     let nats_rss = nats.rss_mib();
+    let consumers = nats.consumer_count().await;
     drop(conns);
     for t in tasks {
         t.abort();
     }
     let mut outcome = check(&expected, &subject_of, &received);
     outcome.held = clients;
-    Row::from(
-        "ceiling",
-        clients,
-        rate,
-        outcome,
-        elapsed,
-        None,
-        (nats_rss, nats_cpu),
-    )
+    let mut row = Row::new("ceiling".to_owned(), clients, rate, outcome, elapsed);
+    row.nats_rss = nats_rss;
+    row.nats_kib_per_conn = kib_per_conn(nats_idle_rss, clients);
+    row.nats_cpu = nats_cpu;
+    row.consumers = consumers;
+    row
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StormKind {
+    /// Every client drops its connection at once; the relay stays.
+    ClientsDropped,
+    /// The relay is SIGKILLed and a new one started (on a new port, which the clients then use).
+    RelayRestarted,
 }
 
 struct Storm {
+    kind: StormKind,
+    mode: &'static str,
     clients: usize,
+    relay_back_seconds: Option<f64>,
+    live: usize,
     reconnect_seconds: f64,
-    consumers_per_s: f64,
+    created_relay: f64,
+    created_server: usize,
     lost: u64,
     duplicated: u64,
 }
 
-/// All clients dropped at once, reconnecting with Last-Event-ID jittered over `spread`.
+impl Storm {
+    fn header() -> String {
+        "| reconnect storm | mode | clients | relay back after s | all live again after s | consumers created (relay metric / server) | creations/s | lost | dup |\n|---|---|---|---|---|---|---|---|---|".to_owned()
+    }
+
+    fn line(&self) -> String {
+        let what = match self.kind {
+            StormKind::ClientsDropped => "all clients dropped at once",
+            StormKind::RelayRestarted => "relay SIGKILLed and restarted",
+        };
+        let back = self
+            .relay_back_seconds
+            .map_or_else(|| "—".to_owned(), |s| format!("{s:.2}"));
+        let live = if self.live < self.clients {
+            format!(
+                "{:.2} (only {} of {} live)",
+                self.reconnect_seconds, self.live, self.clients
+            )
+        } else {
+            format!("{:.2}", self.reconnect_seconds)
+        };
+        format!(
+            "| {what} | {} | {} | {back} | {live} | {:.0} / {} | {:.0} | {} | {} |",
+            self.mode,
+            self.clients,
+            self.created_relay,
+            self.created_server,
+            self.created_relay / self.reconnect_seconds.max(0.001),
+            self.lost,
+            self.duplicated
+        )
+    }
+}
+
+/// A reconnect storm on a fresh nats-server and relay: every client connected, then dropped at
+/// once (`kind`), each back with its Last-Event-ID after a delay jittered over `spread` (retrying
+/// every 200 ms until it is live), while `rate` events/s are published throughout.
 async fn storm_run(
-    nats: &Nats,
-    relay: &Relay,
+    mode: &'static str,
+    kind: StormKind,
     clients: usize,
     rate: u32,
     spread: Duration,
 ) -> Storm {
+    let nats = Nats::single().await;
+    let mut relay = Relay::start(&nats.url_list(), 1, mode).await;
+    let advisories = nats.consumer_creations().await;
+    // Where the clients find the relay (a restarted one listens on a new port).
+    let addr = Arc::new(Mutex::new(relay.addr));
     let run = format!("s{}", rand::rng().random::<u32>());
     let https = http_clients();
     let connected = Arc::new(AtomicUsize::new(0));
+    let reconnected = Arc::new(AtomicUsize::new(0));
+    let storm = CancellationToken::new();
+    let done = CancellationToken::new();
+    let gate = Arc::new(Semaphore::new(256));
     let mut received = Vec::new();
     let mut subject_of = Vec::new();
-    let first = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
-    let gate = Arc::new(Semaphore::new(256));
     for i in 0..clients {
         let s = i % (K_DEPLOYMENTS + 1);
-        let url = format!("http://{}{}", relay.addr, subject_name(&run, s).1);
-        let rec = Arc::new(Mutex::new(Received {
-            ids_increasing: true,
-            ..Default::default()
-        }));
-        received.push((rec.clone(), url.clone()));
+        let path = subject_name(&run, s).1;
+        let rec = new_received();
+        received.push(rec.clone());
         subject_of.push(s);
         let permit = gate.clone().acquire_owned().await.expect("gate");
-        let (http, connected, first) = (
+        let (http, addr, connected, reconnected, storm, done) = (
             https[i % https.len()].clone(),
+            addr.clone(),
             connected.clone(),
-            first.clone(),
+            reconnected.clone(),
+            storm.clone(),
+            done.clone(),
         );
+        let jitter = spread.mul_f64(rand::rng().random::<f64>());
         tasks.push(tokio::spawn(async move {
-            let task = sse_client(http, url, rec, connected.clone(), first);
-            tokio::pin!(task);
-            let before = connected.load(Ordering::Relaxed);
-            let mut permit = Some(permit);
-            loop {
-                tokio::select! {
-                    _ = &mut task => break,
-                    _ = tokio::time::sleep(Duration::from_millis(20)), if permit.is_some() => {
-                        if connected.load(Ordering::Relaxed) > before { permit.take(); }
+            let url = || format!("http://{}{path}", addr.lock().expect("lock"));
+            // Before the storm: one connection, which the storm ends.
+            let opened = sse_open(&http, &url(), &rec, &storm).await;
+            drop(permit);
+            if let Some(response) = opened {
+                connected.fetch_add(1, Ordering::Relaxed);
+                sse_read(response, &rec, &storm).await;
+            }
+            storm.cancelled().await;
+            // The storm: back after the jittered delay, retrying until live.
+            tokio::time::sleep(jitter).await;
+            let mut live = false;
+            while !done.is_cancelled() {
+                if let Some(response) = sse_open(&http, &url(), &rec, &done).await {
+                    if !live {
+                        live = true;
+                        reconnected.fetch_add(1, Ordering::Relaxed);
                     }
+                    if sse_read(response, &rec, &done).await {
+                        break;
+                    }
+                }
+                if !done.is_cancelled() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }));
     }
-    while connected.load(Ordering::Relaxed) < clients {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while connected.load(Ordering::Relaxed) < clients && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let publisher = tokio::spawn({
@@ -823,68 +1056,223 @@ async fn storm_run(
         async move { publish_load(&urls, &run, rate, spread.as_secs_f64() + 6.0).await }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // Drop everyone at once.
-    let created_before = relay.metric("relay_consumers_created_total").await;
-    first.cancel();
-    for t in tasks {
-        t.await.ok();
-    }
-    let dropped_at = Instant::now();
-    let reconnected = Arc::new(AtomicUsize::new(0));
-    let last = tokio_util::sync::CancellationToken::new();
-    let mut tasks = Vec::new();
-    for (i, (rec, url)) in received.iter().enumerate() {
-        let delay = spread.mul_f64(rand::rng().random::<f64>());
-        let (http, reconnected, last, rec, url) = (
-            https[i % https.len()].clone(),
-            reconnected.clone(),
-            last.clone(),
-            rec.clone(),
-            url.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            while !last.is_cancelled() {
-                if sse_client(
-                    http.clone(),
-                    url.clone(),
-                    rec.clone(),
-                    reconnected.clone(),
-                    last.clone(),
-                )
-                .await
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }));
+    let mut created_before = relay.consumers_created().await;
+    let server_before = advisories.get();
+    let storm_at = Instant::now();
+    let mut relay_back_seconds = None;
+    match kind {
+        StormKind::ClientsDropped => storm.cancel(),
+        StormKind::RelayRestarted => {
+            relay.proc.kill().await;
+            storm.cancel();
+            let fresh = Relay::start(&nats.url_list(), 1, mode).await;
+            *addr.lock().expect("lock") = fresh.addr;
+            relay_back_seconds = Some(storm_at.elapsed().as_secs_f64());
+            // The new process counts from 0.
+            created_before = 0.0;
+            relay = fresh;
+        }
     }
     while reconnected.load(Ordering::Relaxed) < clients
-        && dropped_at.elapsed() < Duration::from_secs(120)
+        && storm_at.elapsed() < Duration::from_secs(120)
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let reconnect_seconds = dropped_at.elapsed().as_secs_f64();
-    let created = relay.metric("relay_consumers_created_total").await - created_before;
+    let reconnect_seconds = storm_at.elapsed().as_secs_f64();
+    let live = reconnected.load(Ordering::Relaxed);
+    let created_relay = relay.consumers_created().await - created_before;
+    let created_server = advisories.get() - server_before;
     let expected = publisher.await.expect("publisher");
     let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
     wait_delivered(
-        received.iter().map(|(r, _)| r),
+        received.iter(),
         total,
         Duration::from_secs(DELIVERY_WAIT_SECS),
     )
     .await;
-    last.cancel();
+    done.cancel();
     for t in tasks {
         t.await.ok();
     }
-    let recs: Vec<_> = received.into_iter().map(|(r, _)| r).collect();
-    let outcome = check(&expected, &subject_of, &recs);
+    let outcome = check(&expected, &subject_of, &received);
+    relay.stop().await;
+    drop(advisories);
+    nats.stop().await;
     Storm {
+        kind,
+        mode,
         clients,
+        relay_back_seconds,
+        live,
         reconnect_seconds,
-        consumers_per_s: created / reconnect_seconds.max(0.001),
+        created_relay,
+        created_server,
+        lost: outcome.lost,
+        duplicated: outcome.duplicated,
+    }
+}
+
+struct Churn {
+    mode: &'static str,
+    clients: usize,
+    seconds: f64,
+    reconnections: usize,
+    created_relay: f64,
+    created_server: usize,
+    rss_start: f64,
+    rss_peak: f64,
+    rss_end: f64,
+    consumers_end: Option<usize>,
+    lost: u64,
+    duplicated: u64,
+}
+
+impl Churn {
+    fn header() -> String {
+        "| churn | mode | clients | s | reconnections | consumers created (relay metric / server) | relay RSS MiB start | peak | end | consumers at end | lost | dup |\n|---|---|---|---|---|---|---|---|---|---|---|---|".to_owned()
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "| each client back about every 1 s | {} | {} | {:.0} | {} | {:.0} / {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+            self.mode,
+            self.clients,
+            self.seconds,
+            self.reconnections,
+            self.created_relay,
+            self.created_server,
+            self.rss_start,
+            self.rss_peak,
+            self.rss_end,
+            self.consumers_end
+                .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+            self.lost,
+            self.duplicated
+        )
+    }
+}
+
+/// Connection churn on a fresh nats-server and relay: `clients` clients, each dropping its
+/// connection after 0.5–1.5 s and resuming at once with its Last-Event-ID, for `seconds` while
+/// `rate` events/s are published; then every client stays until it has every event.
+/// Relay RSS: at start (all clients connected, before the churn), the peak sampled every 100 ms
+/// during it, and at the end (all clients connected and caught up again).
+async fn churn_run(mode: &'static str, clients: usize, rate: u32, seconds: f64) -> Churn {
+    let mut nats = Nats::single().await;
+    let relay = Relay::start(&nats.url_list(), 1, mode).await;
+    let advisories = nats.consumer_creations().await;
+    let run = format!("ch{}", rand::rng().random::<u32>());
+    let https = http_clients();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let begin = CancellationToken::new();
+    let churn_end: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let done = CancellationToken::new();
+    let mut received = Vec::new();
+    let mut subject_of = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let s = i % (K_DEPLOYMENTS + 1);
+        let url = format!("http://{}{}", relay.addr, subject_name(&run, s).1);
+        let rec = new_received();
+        received.push(rec.clone());
+        subject_of.push(s);
+        let (http, connected, begin, churn_end, done) = (
+            https[i % https.len()].clone(),
+            connected.clone(),
+            begin.clone(),
+            churn_end.clone(),
+            done.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !done.is_cancelled() {
+                let connection = done.child_token();
+                let Some(response) = sse_open(&http, &url, &rec, &done).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                connected.fetch_add(1, Ordering::Relaxed);
+                // While the churn lasts, this connection is dropped after 0.5–1.5 s.
+                let timer = tokio::spawn({
+                    let (connection, begin, churn_end) =
+                        (connection.clone(), begin.clone(), churn_end.clone());
+                    async move {
+                        tokio::select! {
+                            _ = connection.cancelled() => return,
+                            _ = begin.cancelled() => {}
+                        }
+                        let hold = Duration::from_millis(rand::rng().random_range(500..1500));
+                        let at = Instant::now() + hold;
+                        if churn_end.get().is_some_and(|end| at < *end) {
+                            tokio::select! {
+                                _ = connection.cancelled() => {}
+                                _ = tokio::time::sleep_until(at.into()) => connection.cancel(),
+                            }
+                        }
+                    }
+                });
+                let dropped = sse_read(response, &rec, &connection).await;
+                timer.abort();
+                if !dropped {
+                    // The stream ended or failed (not our doing): back after a short pause.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while connected.load(Ordering::Relaxed) < clients && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_start = relay.proc.rss_mib();
+    let stop_sampler = CancellationToken::new();
+    let sampler = rss_peak_sampler(relay.proc.pid, stop_sampler.clone());
+    let created_before = relay.consumers_created().await;
+    let server_before = advisories.get();
+    let connections_before = connected.load(Ordering::Relaxed);
+    churn_end
+        .set(Instant::now() + Duration::from_secs_f64(seconds))
+        .ok();
+    begin.cancel();
+    let expected = publish_load(&nats.url_list(), &run, rate, seconds).await;
+    if let Some(end) = churn_end.get() {
+        tokio::time::sleep_until((*end + Duration::from_millis(200)).into()).await;
+    }
+    let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
+    wait_delivered(
+        received.iter(),
+        total,
+        Duration::from_secs(DELIVERY_WAIT_SECS),
+    )
+    .await;
+    // Let the relay finish with the last dropped connections before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_end = relay.proc.rss_mib();
+    let consumers_end = nats.consumer_count().await;
+    let reconnections = connected.load(Ordering::Relaxed) - connections_before;
+    let created_relay = relay.consumers_created().await - created_before;
+    let created_server = advisories.get() - server_before;
+    stop_sampler.cancel();
+    let rss_peak = sampler.await.unwrap_or(0.0).max(rss_start).max(rss_end);
+    done.cancel();
+    for t in tasks {
+        t.await.ok();
+    }
+    let outcome = check(&expected, &subject_of, &received);
+    relay.stop().await;
+    drop(advisories);
+    nats.stop().await;
+    Churn {
+        mode,
+        clients,
+        seconds,
+        reconnections,
+        created_relay,
+        created_server,
+        rss_start,
+        rss_peak,
+        rss_end,
+        consumers_end,
         lost: outcome.lost,
         duplicated: outcome.duplicated,
     }
@@ -954,9 +1342,70 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem:.0} GiB, Linux {}, open files limit {OPEN_FILES_LIMIT} per process", kernel.trim())
 }
 
+/// The names a comma-separated variable selects out of `known` (all of them when it is unset),
+/// in `known`'s order; exits with status 2 on a name it does not know.
+fn selection(var: &str, known: &[&'static str]) -> Vec<&'static str> {
+    let Ok(value) = std::env::var(var) else {
+        return known.to_vec();
+    };
+    let names: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if let Some(unknown) = names.iter().find(|n| !known.contains(n)) {
+        eprintln!("{var}: unknown '{unknown}' (known: {})", known.join(","));
+        std::process::exit(2);
+    }
+    if names.is_empty() {
+        eprintln!(
+            "{var} is set but names nothing (known: {})",
+            known.join(",")
+        );
+        std::process::exit(2);
+    }
+    known
+        .iter()
+        .copied()
+        .filter(|k| names.contains(k))
+        .collect()
+}
+
+/// Lost and duplicated events, by part.
+#[derive(Default)]
+struct Tally {
+    parts: Vec<(String, u64, u64)>,
+}
+
+impl Tally {
+    fn add(&mut self, part: &str, lost: u64, duplicated: u64) {
+        match self.parts.iter_mut().find(|(p, _, _)| p == part) {
+            Some((_, l, d)) => {
+                *l += lost;
+                *d += duplicated;
+            }
+            None => self.parts.push((part.to_owned(), lost, duplicated)),
+        }
+    }
+
+    fn total(&self) -> (u64, u64) {
+        self.parts
+            .iter()
+            .fold((0, 0), |(l, d), (_, pl, pd)| (l + pl, d + pd))
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
+    let parts = selection("BENCH_PARTS", &PARTS);
+    let modes = selection("BENCH_MODES", &MODES);
+    let sweep_overridden = ["BENCH_CLIENTS", "BENCH_RATES", "BENCH_SECONDS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    // Only a full run replaces docs/benchmarks-raw.md.
+    let full_run =
+        !quick && parts.len() == PARTS.len() && modes.len() == MODES.len() && !sweep_overridden;
     let clients = list_env(
         "BENCH_CLIENTS",
         if quick {
@@ -975,6 +1424,10 @@ async fn main() {
     } else {
         *clients.iter().max().unwrap_or(&1000) as usize
     };
+    let storm_rate = rates[0] as u32;
+    let churn_clients = 200;
+    let churn_rate = 100;
+    let churn_seconds = if quick { 10.0 } else { 30.0 };
     let scale_clients = if quick { 300 } else { 3000 };
 
     let mut out = String::new();
@@ -983,121 +1436,215 @@ async fn main() {
         out.push_str(&line);
         out.push('\n');
     };
+    let mut tally = Tally::default();
     emit(format!("Machine: {}", machine()));
-    emit(format!("Load: K = {K_DEPLOYMENTS} deployments + 1 pavilion, clients spread evenly over them; {seconds} s of publishing per row; latency = publish timestamp in the payload → client receipt.\n"));
-    emit(Row::header());
+    emit(format!(
+        "Load: K = {K_DEPLOYMENTS} deployments + 1 pavilion, clients spread evenly over them; {seconds} s of publishing per row; latency = publish timestamp in the payload → client receipt. Parts: {}; fan-out modes (RELAY_FANOUT): {}. A fresh nats-server and relay for every row.\n",
+        parts.join(", "),
+        modes.join(", ")
+    ));
 
-    let mut nats = Nats::single().await;
-    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "sweep,storm,scale".into());
-    for &rate in rates.iter().filter(|_| parts.contains("sweep")) {
-        for &c in &clients {
-            // A fresh replica per row: its memory is then this row's alone.
-            let relay = Relay::start(&nats.url_list(), 1).await;
-            let row = relay_run(
-                &mut nats,
-                std::slice::from_ref(&relay),
-                c as usize,
-                rate as u32,
-                seconds,
-                false,
-            )
-            .await;
-            drop(relay);
-            emit(row.line());
-            let ceiling = ceiling_run(&nats, c as usize, rate as u32, seconds).await;
-            emit(ceiling.line());
-            emit(format!(
-                "| ratio relay/ceiling | | | | {:.2} | | {:.2} | | | | | | | | |",
-                row.delivered_per_s / ceiling.delivered_per_s.max(1.0),
-                row.p99 / ceiling.p99.max(0.001)
-            ));
+    if parts.contains(&"sweep") {
+        emit("Sweep: each relay mode and the NATS-core ceiling side by side for every (C, R). nats RSS is that row's own nats-server's at the end of the row; nats KiB/conn (idle) its growth from start to all clients connected ÷ C; consumers = the stream's consumer_count with every client connected and caught up.\n".to_owned());
+        emit(Row::header());
+        let mut ratios = Vec::new();
+        let mut fanout_ignored = false;
+        for &rate in &rates {
+            for &c in &clients {
+                let (c, rate) = (c as usize, rate as u32);
+                let mut rows = Vec::new();
+                for &mode in &modes {
+                    // A fresh nats-server and relay per row: their memory is then this row's alone.
+                    let mut nats = Nats::single().await;
+                    let relay = Relay::start(&nats.url_list(), 1, mode).await;
+                    let row = relay_run(
+                        &mut nats,
+                        std::slice::from_ref(&relay),
+                        mode.to_owned(),
+                        c,
+                        rate,
+                        seconds,
+                        false,
+                    )
+                    .await;
+                    relay.stop().await;
+                    nats.stop().await;
+                    emit(row.line());
+                    tally.add("sweep", row.lost, row.duplicated);
+                    if mode == "shared" && c > 1 && row.consumers.is_some_and(|n| n >= c) {
+                        fanout_ignored = true;
+                    }
+                    rows.push(row);
+                }
+                let mut nats = Nats::single().await;
+                nats.create_stream().await;
+                let ceiling = ceiling_run(&mut nats, c, rate, seconds).await;
+                nats.stop().await;
+                emit(ceiling.line());
+                tally.add("sweep (ceiling)", ceiling.lost, ceiling.duplicated);
+                for row in rows {
+                    ratios.push(format!(
+                        "| {} | {c} | {rate} | {:.2} | {:.1}× |",
+                        row.mode,
+                        row.delivered_per_s / ceiling.delivered_per_s.max(1.0),
+                        row.p99 / ceiling.p99.max(0.001)
+                    ));
+                }
+            }
+        }
+        emit(String::new());
+        emit("Relay ÷ ceiling, one row per mode:\n".to_owned());
+        emit("| mode | C | R ev/s | throughput | p99 |\n|---|---|---|---|---|".to_owned());
+        for ratio in ratios {
+            emit(ratio);
+        }
+        if fanout_ignored {
+            emit("\n(The `shared` rows held one JetStream consumer per client: this relay build ignores RELAY_FANOUT, so they measured the consumer mode.)".to_owned());
         }
     }
 
-    if parts.contains("traced") || parts.contains("sweep") {
+    if parts.contains(&"traced") {
         // Tracing cost: every delivery traced (always_on) and exported to a local sink.
         let (endpoint, exported) = otlp_sink().await;
         let c = if quick { 500 } else { 1000 };
         let rate = if quick { 200 } else { 1000 };
-        for traced in [false, true] {
-            let env: Vec<(&str, String)> = if traced {
-                vec![
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
-                    ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
-                    ("OTEL_BSP_MAX_QUEUE_SIZE", "65536".to_owned()),
-                ]
-            } else {
-                Vec::new()
-            };
-            let relay = Relay::start_with(&nats.url_list(), 1, &env).await;
-            let mut row = relay_run(
-                &mut nats,
-                std::slice::from_ref(&relay),
-                c,
-                rate,
-                seconds,
-                false,
+        emit(String::new());
+        emit("Tracing at full sampling (always_on), exported over OTLP/HTTP to a local sink that discards it:\n".to_owned());
+        emit(Row::header());
+        let mut notes = Vec::new();
+        for &mode in &modes {
+            let exported_before = exported.load(Ordering::Relaxed);
+            for traced in [false, true] {
+                let env: Vec<(&str, String)> = if traced {
+                    vec![
+                        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+                        ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
+                        ("OTEL_BSP_MAX_QUEUE_SIZE", "65536".to_owned()),
+                    ]
+                } else {
+                    Vec::new()
+                };
+                let mut nats = Nats::single().await;
+                let relay = Relay::start_with(&nats.url_list(), 1, mode, &env).await;
+                let label = if traced {
+                    format!("{mode}+traces")
+                } else {
+                    mode.to_owned()
+                };
+                let row = relay_run(
+                    &mut nats,
+                    std::slice::from_ref(&relay),
+                    label,
+                    c,
+                    rate,
+                    seconds,
+                    false,
+                )
+                .await;
+                relay.stop().await;
+                nats.stop().await;
+                emit(row.line());
+                tally.add("traced", row.lost, row.duplicated);
+            }
+            notes.push(format!(
+                "({mode}: spans exported to the sink: {:.1} MiB of OTLP protobuf)",
+                (exported.load(Ordering::Relaxed) - exported_before) as f64 / 1048576.0
+            ));
+        }
+        emit(String::new());
+        for note in notes {
+            emit(note);
+        }
+    }
+
+    if parts.contains(&"storm") {
+        emit(String::new());
+        emit(format!(
+            "Reconnect storm: {storm_clients} clients, {storm_rate} events/s published throughout; every client back with its Last-Event-ID after a delay jittered over 3 s, retrying every 200 ms until live. Times from the drop (or the kill); consumers created until all are live again.\n"
+        ));
+        emit(Storm::header());
+        for &mode in &modes {
+            for kind in [StormKind::ClientsDropped, StormKind::RelayRestarted] {
+                let storm = storm_run(
+                    mode,
+                    kind,
+                    storm_clients,
+                    storm_rate,
+                    Duration::from_secs(3),
+                )
+                .await;
+                emit(storm.line());
+                tally.add("storm", storm.lost, storm.duplicated);
+            }
+        }
+    }
+
+    if parts.contains(&"churn") {
+        emit(String::new());
+        emit(format!(
+            "Churn: {churn_clients} clients, each dropping its connection after 0.5–1.5 s and resuming at once with its Last-Event-ID, for {churn_seconds} s while {churn_rate} events/s are published. Relay RSS at start (all connected, before the churn), peak (sampled every 100 ms) and end (all connected and caught up).\n"
+        ));
+        emit(Churn::header());
+        for &mode in &modes {
+            let churn = churn_run(mode, churn_clients, churn_rate, churn_seconds).await;
+            emit(churn.line());
+            tally.add("churn", churn.lost, churn.duplicated);
+        }
+    }
+
+    if parts.contains(&"scale") {
+        emit(String::new());
+        emit("Scale-out: 3 relay replicas on a fresh 3-node NATS cluster (R3 stream) per mode, clients spread round robin, NATS node 2 SIGKILLed halfway.\n".to_owned());
+        emit(Row::header());
+        for &mode in &modes {
+            let mut cluster = Nats::cluster().await;
+            let mut relays = Vec::new();
+            for _ in 0..3 {
+                relays.push(Relay::start(&cluster.url_list(), 3, mode).await);
+            }
+            let row = relay_run(
+                &mut cluster,
+                &relays,
+                format!("{mode}×3"),
+                scale_clients,
+                rates[0] as u32,
+                seconds.max(6.0),
+                true,
             )
             .await;
-            row.mode = if traced { "relay+traces" } else { "relay" };
+            for relay in relays {
+                relay.stop().await;
+            }
+            cluster.stop().await;
             emit(row.line());
+            tally.add("scale", row.lost, row.duplicated);
         }
-        emit(format!(
-            "(spans exported to the sink: {:.1} MiB of OTLP protobuf)",
-            exported.load(Ordering::Relaxed) as f64 / 1048576.0
-        ));
     }
-    if !parts.contains("storm") && !parts.contains("scale") {
-        return;
-    }
-    if parts.contains("storm") {
-        let relay = Relay::start(&nats.url_list(), 1).await;
-        let storm = storm_run(
-            &nats,
-            &relay,
-            storm_clients,
-            rates[0] as u32,
-            Duration::from_secs(3),
-        )
-        .await;
-        emit(String::new());
-        emit("| reconnect storm | clients | all live again after s | consumer creations/s | lost | dup |\n|---|---|---|---|---|---|".to_owned());
-        emit(format!(
-            "| all dropped at once, back with Last-Event-ID jittered over 3 s | {} | {:.2} | {:.0} | {} | {} |",
-            storm.clients, storm.reconnect_seconds, storm.consumers_per_s, storm.lost, storm.duplicated
-        ));
-    }
-    drop(nats);
 
-    let mut cluster = Nats::cluster().await;
-    let mut relays = Vec::new();
-    for _ in 0..3 {
-        relays.push(Relay::start(&cluster.url_list(), 3).await);
-    }
+    let (lost, duplicated) = tally.total();
     emit(String::new());
-    emit("Scale-out: 3 relay replicas on a 3-node NATS cluster (R3 stream), clients spread round robin, NATS node 2 SIGKILLed halfway.\n".to_owned());
-    emit(Row::header());
-    let row = relay_run(
-        &mut cluster,
-        &relays,
-        scale_clients,
-        rates[0] as u32,
-        seconds.max(6.0),
-        true,
-    )
-    .await;
-    emit(row.line());
+    emit("| lost and duplicated, by part | lost | dup |\n|---|---|---|".to_owned());
+    for (part, l, d) in &tally.parts {
+        emit(format!("| {part} | {l} | {d} |"));
+    }
+    emit(format!("| total | {lost} | {duplicated} |"));
 
-    if !quick {
+    if full_run {
         let doc = format!(
-            "# Benchmark results\n\nProduced by `make bench` ({}).\n\n```\n{}```\n\nSee the README's *Benchmark* section for how to read and reproduce them.\n",
+            "# Benchmark results\n\nProduced by `make bench` ({}): the raw output of the latest full run. The analysis is in [`benchmarks.md`](benchmarks.md).\n\n```\n{}```\n",
             time::OffsetDateTime::now_utc().date(),
             out
         );
-        std::fs::write(
-            format!("{}/docs/benchmarks-raw.md", env!("CARGO_MANIFEST_DIR")),
-            doc,
-        )
-        .ok();
+        let path = format!("{}/docs/benchmarks-raw.md", env!("CARGO_MANIFEST_DIR"));
+        match std::fs::write(&path, doc) {
+            Ok(()) => println!("\n(written to {path})"),
+            Err(e) => eprintln!("\ncould not write {path}: {e}"),
+        }
+    } else {
+        println!("\n(docs/benchmarks-raw.md not written: only a full run — every part, both modes, the default sweep, no BENCH_QUICK — writes it)");
+    }
+    if lost > 0 || duplicated > 0 {
+        eprintln!("FAILED: {lost} events lost and {duplicated} duplicated over the run");
+        std::process::exit(1);
     }
 }
