@@ -42,12 +42,17 @@ pub struct TailSettings {
 const START_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
-/// How often the tail checks that its stream is still the one it follows (the ordered
-/// consumer keeps retrying on a deleted stream without an error).
-const STREAM_CHECK: Duration = Duration::from_secs(2);
+/// How often the tail checks the stream: that it is still the one it follows (the ordered
+/// consumer keeps retrying on a deleted stream without an error), and that the tail keeps up.
+const STREAM_CHECK: Duration = Duration::from_secs(1);
 
 /// Messages the firehose pulls at a time.
 const TAIL_PULL_BATCH: i64 = 1000;
+
+/// The firehose's longest pull: its idle heartbeat comes every second, so a consumer lost with a
+/// NATS node is re-created by the client library after about two seconds. One consumer per
+/// replica can afford what a consumer per client could not.
+const TAIL_PULL_EXPIRES: Duration = Duration::from_secs(2);
 
 /// The replica's shared live tail; cheap to clone.
 #[derive(Clone)]
@@ -183,6 +188,21 @@ impl Drop for Registration {
     }
 }
 
+/// What the tail saw at its last stream check.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The last sequence taken in then.
+    taken: u64,
+    /// Whether the stream was ahead of it then.
+    behind: bool,
+}
+
+enum StreamCheck {
+    Following,
+    Recreated,
+    Stalled,
+}
+
 /// Where a (re-)registered client stands.
 pub(super) enum Resync {
     /// The ring covers its cursor: these are its events up to the tail position.
@@ -226,7 +246,10 @@ impl LiveTail {
         loop {
             let opened = async {
                 let after = inner.start_point().await?;
-                inner.store.follow_stream(after, TAIL_PULL_BATCH).await
+                inner
+                    .store
+                    .follow_stream(after, TAIL_PULL_BATCH, TAIL_PULL_EXPIRES)
+                    .await
             };
             let mut feed = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -249,6 +272,7 @@ impl LiveTail {
             }
             gauge!(LIVE_SOURCES).set(1.0);
             delay = START_RETRY;
+            let mut progress = Progress::default();
             let mut check = tokio::time::interval(STREAM_CHECK);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -257,10 +281,20 @@ impl LiveTail {
                         gauge!(LIVE_SOURCES).set(0.0);
                         return;
                     }
-                    _ = check.tick() => if inner.stream_recreated().await {
-                        tracing::warn!("the stream was recreated; the live tail starts over");
-                        inner.start_over();
-                        break;
+                    _ = check.tick() => match inner.check_stream(&mut progress).await {
+                        StreamCheck::Following => {}
+                        StreamCheck::Recreated => {
+                            tracing::warn!("the stream was recreated; the live tail starts over");
+                            inner.start_over();
+                            break;
+                        }
+                        StreamCheck::Stalled => {
+                            tracing::warn!(
+                                last_seq = progress.taken,
+                                "the live tail stalled behind the stream; re-opening it"
+                            );
+                            break;
+                        }
                     },
                     item = feed.next() => match item {
                         Some(Ok(event)) => inner.take_in(Arc::new(Delivery::new(event))),
@@ -422,14 +456,29 @@ impl Inner {
         Ok(state.last_seq)
     }
 
-    /// Whether the stream now has another creation time than when the tail started (a failed
-    /// request says nothing).
-    async fn stream_recreated(&self) -> bool {
+    /// Compares the stream with what the tail has taken in (one request; a failed request says
+    /// nothing): another creation time means the stream was recreated; a stream ahead of a tail
+    /// that made no progress since the last check that already saw it ahead means the tail's
+    /// consumer stalled (e.g. re-created on a NATS node that is gone).
+    async fn check_stream(&self, progress: &mut Progress) -> StreamCheck {
         let Ok(info) = self.store.stream_info().await else {
-            return false;
+            return StreamCheck::Following;
         };
-        let known = self.lock().stream_created;
-        known.is_some_and(|created| created != info.created)
+        let (created, taken) = {
+            let state = self.lock();
+            (state.stream_created, state.last_seq)
+        };
+        if created.is_some_and(|created| created != info.created) {
+            return StreamCheck::Recreated;
+        }
+        let behind = info.state.last_sequence > taken;
+        let stalled = behind && progress.behind && progress.taken == taken;
+        *progress = Progress { taken, behind };
+        if stalled {
+            StreamCheck::Stalled
+        } else {
+            StreamCheck::Following
+        }
     }
 
     /// Forgets the old stream: the ring, the position, and every client (whose streams end, so

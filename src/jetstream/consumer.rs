@@ -17,21 +17,24 @@ use tokio_util::task::TaskTracker;
 use super::{EventStore, StoreError, API_TIMEOUT};
 use crate::telemetry::metrics::{CONSUMERS_CREATED, CONSUMERS_DELETED};
 
-/// What a feed follows: the subjects it filters on (none: the whole stream) and how many
-/// messages one pull may bring.
+/// What a feed follows: the subjects it filters on (none: the whole stream), how many messages
+/// one pull may bring, and how long a pull may wait (its idle heartbeat is half of that; two
+/// missed heartbeats make the client library re-create the consumer).
 #[derive(Debug, Clone)]
 pub(super) struct ConsumerSpec {
     pub filters: Vec<String>,
     pub batch: i64,
+    pub expires: Duration,
 }
 
 /// Messages a client's consumer pulls at a time: the most the relay buffers for a client that
 /// has stopped reading (JetStream keeps the rest).
 pub(super) const CLIENT_PULL_BATCH: i64 = 100;
 
-/// Longest pull: bounds the idle heartbeat to half of it, so a consumer lost with its server is
-/// noticed (two missed heartbeats) within about this long even when no other signal arrives.
-const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// A client's longest pull: bounds the idle heartbeat to half of it, so a consumer lost with its
+/// server is noticed (two missed heartbeats) within about this long even when no other signal
+/// arrives.
+pub(super) const CLIENT_PULL_EXPIRES: Duration = Duration::from_secs(10);
 
 /// How long a failed consumer is re-created before the feed gives up (a client is then left to
 /// reconnect, to this or another replica, with its Last-Event-ID).
@@ -66,7 +69,7 @@ impl EventStore {
             name: Some(name.clone()),
             deliver_policy: deliver_after(after),
             max_batch: spec.batch,
-            max_expires: PULL_EXPIRES,
+            max_expires: spec.expires,
             ..Default::default()
         };
         match spec.filters.as_slice() {

@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use futures::{Stream, StreamExt};
 
-use super::consumer::{ConsumerLease, ConsumerSpec, CLIENT_PULL_BATCH};
+use super::consumer::{ConsumerLease, ConsumerSpec, CLIENT_PULL_BATCH, CLIENT_PULL_EXPIRES};
 use super::{EventStore, Opening, RelayEvent, StartPlan, StoreError};
 use crate::subject::{ResumePoint, SubjectSet};
 
@@ -55,6 +55,7 @@ impl EventStore {
         let spec = ConsumerSpec {
             filters: subjects.nats_subjects(),
             batch: CLIENT_PULL_BATCH,
+            expires: CLIENT_PULL_EXPIRES,
         };
         let feed = self.follow(spec, plan.after).await?;
         Ok(Subscription {
@@ -63,11 +64,18 @@ impl EventStore {
         })
     }
 
-    /// Follows the whole stream after `after`, pulling up to `batch` messages at a time.
-    pub async fn follow_stream(&self, after: u64, batch: i64) -> Result<EventFeed, StoreError> {
+    /// Follows the whole stream after `after`, pulling up to `batch` messages at a time, each
+    /// pull waiting at most `expires`.
+    pub async fn follow_stream(
+        &self,
+        after: u64,
+        batch: i64,
+        expires: std::time::Duration,
+    ) -> Result<EventFeed, StoreError> {
         let spec = ConsumerSpec {
             filters: Vec::new(),
             batch,
+            expires,
         };
         self.follow(spec, after).await
     }

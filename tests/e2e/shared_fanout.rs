@@ -244,3 +244,77 @@ async fn a_recreated_stream_restarts_the_live_tail_and_resets_clients() {
     let live = publisher.publish(&subject, r#"{"new":2}"#, None).await;
     assert_eq!(ids(&again.events(1).await), vec![live]);
 }
+
+both_modes! {
+/// Every consumer of the stream is deleted on the server mid-stream (what a NATS node's loss does
+/// to the consumers it hosted, without the relay's connection noticing): the relay re-creates
+/// what it needs and every client still gets every event exactly once.
+async fn consumers_deleted_on_the_server_are_recreated_without_loss(mode) {
+    const EVENTS: usize = 200;
+    let nats = Nats::start().await;
+    let relay = Relay::start_in(mode, &nats.url(), &[]).await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let url = relay.url("/v1/deployments/d-gone/events");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(SseClient::connect(&url, None).await);
+    }
+    relay
+        .wait_metric(r#"relay_connections{kind="deployment"}"#, 3.0)
+        .await;
+    let (deleted_tx, deleted_rx) = tokio::sync::oneshot::channel::<()>();
+    let publishing = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        let mut deleted = Some(deleted_rx);
+        for i in 0..EVENTS {
+            if i == EVENTS / 4 {
+                if let Some(rx) = deleted.take() {
+                    rx.await.expect("deleted");
+                }
+            }
+            seqs.push(publisher.deploy("d-gone", &numbered(i)).await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seqs
+    });
+    relay
+        .wait_metric_at_least("relay_events_delivered_total", (3 * 40) as f64)
+        .await;
+    let js = nats.jetstream().await;
+    let stream = js.get_stream(STREAM).await.expect("stream");
+    let names: Vec<String> = {
+        use futures::TryStreamExt;
+        stream
+            .consumer_names()
+            .try_collect()
+            .await
+            .expect("consumer names")
+    };
+    assert_eq!(names.len(), mode.consumers(3, 1), "{names:?}");
+    for name in &names {
+        stream.delete_consumer(name).await.expect("delete consumer");
+    }
+    deleted_tx.send(()).expect("publisher waiting");
+    let readers = clients.into_iter().map(|mut client| async move {
+        let events = client.events(EVENTS).await;
+        (events, client)
+    });
+    let received = futures::future::join_all(readers).await;
+    let published = publishing.await.expect("publisher");
+    for (events, _connected) in &received {
+        assert_exactly_once(events, &published);
+    }
+    // New consumers serve the clients (the ordered consumers re-created themselves as
+    // `<name>_<n>`); none of the deleted ones came back.
+    let again: Vec<String> = {
+        use futures::TryStreamExt;
+        stream
+            .consumer_names()
+            .try_collect()
+            .await
+            .expect("consumer names")
+    };
+    assert_eq!(again.len(), names.len(), "{again:?}");
+    assert!(again.iter().all(|n| !names.contains(n)), "{names:?} -> {again:?}");
+}
+}
