@@ -67,6 +67,7 @@ pub async fn serve(
     .map_err(ServeError::Nats)?;
     let draining = CancellationToken::new();
     let tail_stop = CancellationToken::new();
+    let mut tail_task = None;
     let fanout = match config.fanout {
         FanoutMode::Consumer => Fanout::Consumer(Box::new(store.clone())),
         FanoutMode::Shared => {
@@ -80,9 +81,9 @@ pub async fn serve(
             );
             readiness.set_live_tail_pending(true);
             let started = readiness.clone();
-            tokio::spawn(tail.clone().run(tail_stop.clone(), move || {
+            tail_task = Some(tokio::spawn(tail.clone().run(tail_stop.clone(), move || {
                 started.set_live_tail_pending(false)
-            }));
+            })));
             Fanout::Shared(tail)
         }
     };
@@ -151,6 +152,13 @@ pub async fn serve(
         Ok(Ok(Err(err))) => tracing::warn!(error = %err, "HTTP server ended with an error"),
         Ok(Err(err)) => tracing::warn!(error = %err, "HTTP server task failed"),
         Err(_) => tracing::warn!(open = limits.active(), "drain timeout reached"),
+    }
+    // The live tail hands its consumer's deletion to the store when it ends: before the store's
+    // deletions are awaited.
+    if let Some(tail) = tail_task {
+        if tokio::time::timeout_at(deadline, tail).await.is_err() {
+            tracing::warn!("the live tail did not stop before the drain timeout");
+        }
     }
     store.finish_deletions(deadline).await;
     tracing::info!("drained");
