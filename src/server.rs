@@ -81,9 +81,11 @@ pub async fn serve(
             );
             readiness.set_live_tail_pending(true);
             let started = readiness.clone();
-            tail_task = Some(tokio::spawn(tail.clone().run(tail_stop.clone(), move || {
-                started.set_live_tail_pending(false)
-            })));
+            tail_task = Some(tokio::spawn(
+                tail.clone().run(tail_stop.clone(), move || {
+                    started.set_live_tail_pending(false)
+                }),
+            ));
             Fanout::Shared(tail)
         }
     };
