@@ -76,7 +76,12 @@ test: tools check-deploy browser-tools
 	cd $(BROWSER_DIR) && RELAY_BIN=$(CURDIR)/target/debug/sse-relay node --test --test-concurrency=1
 
 # The load benchmark (release build): BENCH_QUICK=1 for a smoke run. See README "Benchmark".
+# Its sweep's peer, Pushpin 1.36 (Debian's package with condure and zurl), installed when missing.
 bench: tools
+	@command -v pushpin >/dev/null && command -v condure >/dev/null && command -v zurl >/dev/null || { \
+	  echo "installing Debian's pushpin"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq pushpin condure zurl >/dev/null; }
 	$(CARGO) bench --bench load
 
 clean:

@@ -21,6 +21,14 @@
 //! (default: both) — `consumer` is one JetStream ordered consumer per SSE client, `shared` one live
 //! tail per replica fanned out in process. Every part runs once per selected mode.
 //!
+//! Peers: `BENCH_MODES` also names `pushpin` — Pushpin 1.36 (Debian's `pushpin` package, which
+//! `make bench` installs) fed from the same stream by a GRIP backend and a feeder in this process
+//! (`peers/pushpin.rs`): a `pushpin` row beside the relay's in the sweep (only there), the same
+//! clients and events. In the default selection when its binaries are on `PATH` (a line says so
+//! when they are not); named in `BENCH_MODES` without them, the benchmark exits with status 2.
+//! The settings it runs with are printed under the sweep table; `BENCH_PUSHPIN_SET` changes them
+//! (`section/key=value;…`, e.g. `handler/message_rate=2500` for Debian's rate limit).
+//!
 //! Every row gets a fresh nats-server (a fresh cluster for `scale`) and a fresh relay, so the
 //! nats RSS of a row is that row's alone and comparable across client counts; the `consumers`
 //! column is the stream's `consumer_count` with all clients connected and caught up.
@@ -55,6 +63,11 @@ const OPEN_FILES_LIMIT: u64 = 20_000;
 const PARTS: [&str; 5] = ["sweep", "traced", "storm", "churn", "scale"];
 /// The relay's fan-out modes (`RELAY_FANOUT`).
 const MODES: [&str; 2] = ["consumer", "shared"];
+/// Peers run in the sweep beside the relay's modes (`BENCH_MODES` names them too).
+const PEERS: [&str; 1] = ["pushpin"];
+
+#[path = "peers/pushpin.rs"]
+mod pushpin;
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -81,6 +94,18 @@ fn rss_mib_of(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// User + system CPU seconds of process `pid` so far (0 once it is gone).
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
 struct Proc {
     child: Child,
     pid: u32,
@@ -100,14 +125,7 @@ impl Proc {
 
     /// User + system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        ticks / 100.0
+        cpu_seconds_of(self.pid)
     }
 
     fn rss_mib(&self) -> f64 {
@@ -317,6 +335,32 @@ struct Relay {
     addr: SocketAddr,
 }
 
+/// What a row's clients connect to, and what the row measures of it: a relay process, or a
+/// peer (all of its processes).
+trait Server {
+    fn addr(&self) -> SocketAddr;
+    fn cpu_seconds(&self) -> f64;
+    fn rss_mib(&self) -> f64;
+
+    /// Returns once the server is ready for the load with every client connected (the relay at
+    /// once).
+    async fn settle(&self) {}
+}
+
+impl Server for Relay {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        self.proc.cpu_seconds()
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.proc.rss_mib()
+    }
+}
+
 impl Relay {
     async fn start(nats_urls: &str, replicas: usize, mode: &str) -> Relay {
         Self::start_with(nats_urls, replicas, mode, &[]).await
@@ -450,6 +494,9 @@ fn now_nanos() -> u64 {
 struct Received {
     counters: Vec<u64>,
     latencies_us: Vec<u32>,
+    /// (stream sequence, publish time, receipt time) of every event, in nanoseconds: a failover
+    /// run measures from JetStream's store time too.
+    receipts: Vec<(u64, u64, u64)>,
     last_id: u64,
     ids_increasing: bool,
 }
@@ -460,10 +507,13 @@ fn parse_payload(data: &[u8]) -> Option<(u64, u64)> {
 }
 
 impl Received {
-    fn record(&mut self, data: &[u8]) {
+    fn record(&mut self, seq: u64, data: &[u8]) {
         let now = now_nanos();
         if let Some((t, n)) = parse_payload(data) {
             self.counters.push(n);
+            if seq > 0 {
+                self.receipts.push((seq, t, now));
+            }
             self.latencies_us
                 .push((now.saturating_sub(t) / 1000).min(u64::from(u32::MAX)) as u32);
         }
@@ -568,7 +618,7 @@ async fn sse_read(
                     rec.ids_increasing = false;
                 }
                 rec.last_id = id;
-                rec.record(event.data.as_bytes());
+                rec.record(id, event.data.as_bytes());
             }
         }
     }
@@ -690,6 +740,10 @@ struct Row {
     nats_kib_per_conn: f64,
     nats_cpu: f64,
     consumers: Option<usize>,
+    /// A line printed under the row (a failover run's latencies from JetStream's store time).
+    note: Option<String>,
+    /// Streams opened after the ramp (a client whose stream ended or failed reconnects).
+    reopened: usize,
     lost: u64,
     duplicated: u64,
 }
@@ -721,6 +775,8 @@ impl Row {
             nats_kib_per_conn: 0.0,
             nats_cpu: 0.0,
             consumers: None,
+            note: None,
+            reopened: 0,
             lost: outcome.lost,
             duplicated: outcome.duplicated,
         }
@@ -745,15 +801,15 @@ impl Row {
             self.p99, self.max, relay(|r| r.rss, 0), relay(|r| r.kib_per_conn, 1),
             relay(|r| r.cpu, 0), self.nats_rss, self.nats_kib_per_conn, self.nats_cpu,
             consumers, self.lost, self.duplicated
-        )
+        ) + &self.note.as_ref().map_or_else(String::new, |note| format!("\n{note}"))
     }
 }
 
-/// The relay case: C SSE clients on one replica (or spread over several). `nats` should be fresh
-/// (this row's alone), so its RSS and consumer count are this row's.
-async fn relay_run(
+/// The relay case: C SSE clients on one replica (or spread over several), or on a peer. `nats`
+/// should be fresh (this row's alone), so its RSS and consumer count are this row's.
+async fn relay_run<S: Server>(
     nats: &mut Nats,
-    relays: &[Relay],
+    relays: &[S],
     mode: String,
     clients: usize,
     rate: u32,
@@ -763,24 +819,27 @@ async fn relay_run(
     let run = format!("r{}", rand::rng().random::<u32>());
     let https = http_clients();
     let done = CancellationToken::new();
+    // Streams opened (reconnections included), and streams open now.
     let connected = Arc::new(AtomicUsize::new(0));
+    let live = Arc::new(AtomicUsize::new(0));
     let mut received = Vec::new();
     let mut subject_of = Vec::new();
     let mut tasks = Vec::new();
     let gate = Arc::new(Semaphore::new(256));
-    let relay_rss_before: f64 = relays.iter().map(|r| r.proc.rss_mib()).sum();
+    let relay_rss_before: f64 = relays.iter().map(|r| r.rss_mib()).sum();
     let nats_rss_before = nats.rss_mib();
     for i in 0..clients {
         let s = i % (K_DEPLOYMENTS + 1);
         let relay = &relays[i % relays.len()];
-        let url = format!("http://{}{}", relay.addr, subject_name(&run, s).1);
+        let url = format!("http://{}{}", relay.addr(), subject_name(&run, s).1);
         let rec = new_received();
         received.push(rec.clone());
         subject_of.push(s);
         let permit = gate.clone().acquire_owned().await.expect("gate");
-        let (http, connected, done) = (
+        let (http, connected, live, done) = (
             https[i % https.len()].clone(),
             connected.clone(),
+            live.clone(),
             done.clone(),
         );
         tasks.push(tokio::spawn(async move {
@@ -792,7 +851,9 @@ async fn relay_run(
                 permit.take();
                 if let Some(response) = opened {
                     connected.fetch_add(1, Ordering::Relaxed);
+                    live.fetch_add(1, Ordering::Relaxed);
                     sse_read(response, &rec, &done).await;
+                    live.fetch_sub(1, Ordering::Relaxed);
                 }
                 if !done.is_cancelled() {
                     let backoff = Duration::from_millis(rand::rng().random_range(100..1000));
@@ -802,15 +863,18 @@ async fn relay_run(
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    while connected.load(Ordering::Relaxed) < clients && Instant::now() < deadline {
+    while live.load(Ordering::Relaxed) < clients && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let held = connected.load(Ordering::Relaxed);
+    let held = live.load(Ordering::Relaxed);
+    for relay in relays {
+        relay.settle().await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_rss: f64 = relays.iter().map(|r| r.proc.rss_mib()).sum::<f64>() - relay_rss_before;
+    let idle_rss: f64 = relays.iter().map(|r| r.rss_mib()).sum::<f64>() - relay_rss_before;
     let nats_idle_rss = nats.rss_mib() - nats_rss_before;
 
-    let relay_cpu_before: f64 = relays.iter().map(|r| r.proc.cpu_seconds()).sum();
+    let relay_cpu_before: f64 = relays.iter().map(|r| r.cpu_seconds()).sum();
     let nats_cpu_before = nats.cpu_seconds();
     let started = Instant::now();
     let publisher = tokio::spawn({
@@ -832,14 +896,14 @@ async fn relay_run(
         Duration::from_secs(DELIVERY_WAIT_SECS),
     )
     .await;
-    let relay_cpu = (relays.iter().map(|r| r.proc.cpu_seconds()).sum::<f64>() - relay_cpu_before)
-        / elapsed
-        * 100.0;
+    let relay_cpu =
+        (relays.iter().map(|r| r.cpu_seconds()).sum::<f64>() - relay_cpu_before) / elapsed * 100.0;
     let nats_cpu = (nats.cpu_seconds() - nats_cpu_before) / elapsed * 100.0;
-    let relay_rss: f64 = relays.iter().map(|r| r.proc.rss_mib()).sum();
+    let relay_rss: f64 = relays.iter().map(|r| r.rss_mib()).sum();
     let nats_rss = nats.rss_mib();
     // All clients connected and caught up: the consumers they need now.
     let consumers = nats.consumer_count().await;
+    let reopened = connected.load(Ordering::Relaxed).saturating_sub(held);
     done.cancel();
     for task in tasks {
         task.await.ok();
@@ -856,7 +920,154 @@ async fn relay_run(
     row.nats_kib_per_conn = kib_per_conn(nats_idle_rss, clients);
     row.nats_cpu = nats_cpu;
     row.consumers = consumers;
+    row.reopened = reopened;
+    if kill_node_mid_run {
+        row.note = Some(store_latency_note(&nats.url_list(), &received).await);
+    }
     row
+}
+
+/// What the capacity model (docs/scaling.md) takes from a shared-mode row.
+struct ModelRow {
+    rate: f64,
+    deliveries: f64,
+    /// Relay CPU, in cores.
+    cpu: f64,
+    clients: usize,
+    kib_per_conn: f64,
+}
+
+impl ModelRow {
+    fn of(row: &Row) -> Self {
+        let relay = row.relay.as_ref();
+        Self {
+            rate: f64::from(row.rate),
+            deliveries: row.delivered_per_s,
+            cpu: relay.map_or(0.0, |r| r.cpu) / 100.0,
+            clients: row.clients,
+            kib_per_conn: relay.map_or(0.0, |r| r.kib_per_conn),
+        }
+    }
+}
+
+/// docs/scaling.md's model of a shared-mode replica, fitted to this run's sweep rows: CPU =
+/// `rate × c_in + deliveries × c_out` (least squares), memory per idle connection `m_conn`
+/// (the mean over rows of at least 1,000 clients).
+struct CapacityModel {
+    c_in: f64,
+    c_out: f64,
+    m_conn: f64,
+}
+
+impl CapacityModel {
+    fn fit(rows: &[ModelRow]) -> Option<Self> {
+        // Normal equations of cpu ≈ c_in·rate + c_out·deliveries.
+        let (mut rr, mut rd, mut dd, mut rc, mut dc) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for r in rows {
+            rr += r.rate * r.rate;
+            rd += r.rate * r.deliveries;
+            dd += r.deliveries * r.deliveries;
+            rc += r.rate * r.cpu;
+            dc += r.deliveries * r.cpu;
+        }
+        let det = rr * dd - rd * rd;
+        if rows.len() < 2 || det.abs() < f64::EPSILON {
+            return None;
+        }
+        let big: Vec<&ModelRow> = rows.iter().filter(|r| r.clients >= 1000).collect();
+        let m_conn = if big.is_empty() {
+            0.0
+        } else {
+            big.iter().map(|r| r.kib_per_conn).sum::<f64>() / big.len() as f64
+        };
+        Some(Self {
+            c_in: (rc * dd - dc * rd) / det,
+            c_out: (dc * rr - rc * rd) / det,
+            m_conn,
+        })
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "Capacity model (docs/scaling.md), fitted to the shared rows above: relay CPU = R × {:.2} µs + deliveries/s × {:.2} µs (cores); {:.1} KiB per idle connection.",
+            self.c_in * 1e6,
+            self.c_out * 1e6,
+            self.m_conn
+        )
+    }
+
+    /// The model's prediction for a run over `replicas` relays beside what it measured.
+    fn check(&self, row: &Row, replicas: usize) -> String {
+        let rate = f64::from(row.rate);
+        let cpu_predicted =
+            (replicas as f64 * rate * self.c_in + row.delivered_per_s * self.c_out) * 100.0;
+        let measured = row.relay.as_ref();
+        let cpu_measured = measured.map_or(0.0, |r| r.cpu);
+        let mem_predicted = self.m_conn;
+        let mem_measured = measured.map_or(0.0, |r| r.kib_per_conn);
+        let ratio = |p: f64, m: f64| if m > 0.0 { p / m } else { 0.0 };
+        format!(
+            "  ↳ model vs measured over {replicas} replicas: relay CPU {cpu_predicted:.0} % vs {cpu_measured:.0} % ({:.2}×); relay KiB per idle connection {mem_predicted:.1} vs {mem_measured:.1} ({:.2}×)",
+            ratio(cpu_predicted, cpu_measured),
+            ratio(mem_predicted, mem_measured),
+        )
+    }
+}
+
+/// A failover run's latency measured from the moment JetStream stored each event (its stored
+/// timestamp, read back with batched direct gets) to the client's receipt, beside how long
+/// publishes were held up before JetStream stored them: the relay's recovery apart from
+/// JetStream's (a publish in flight to the killed node waits for its ack timeout, 5 s, before
+/// the publisher retries; the payload's timestamp is the first attempt's).
+async fn store_latency_note(nats_urls: &str, received: &[Arc<Mutex<Received>>]) -> String {
+    let urls: Vec<String> = nats_urls.split(',').map(str::to_owned).collect();
+    let client = async_nats::connect(urls.as_slice())
+        .await
+        .expect("connect for stored times");
+    let store = sse_relay::jetstream::EventStore::new(client, "DEPLOY_EVENTS");
+    let mut stored = std::collections::HashMap::new();
+    for subject in ["deploy.*", "pavilion.*"] {
+        let mut from = 1;
+        loop {
+            let page = store
+                .direct_batch(subject, from, 1000)
+                .await
+                .expect("stored events");
+            for event in &page.events {
+                let nanos = u64::try_from(event.published.unix_timestamp_nanos()).unwrap_or(0);
+                stored.insert(event.seq, nanos);
+            }
+            match page.events.last() {
+                Some(last) if page.pending > 0 => from = last.seq + 1,
+                _ => break,
+            }
+        }
+    }
+    let mut from_store = Vec::new();
+    let mut held_up = Vec::new();
+    for rec in received {
+        let rec = rec.lock().expect("lock");
+        for &(seq, published, at) in &rec.receipts {
+            if let Some(&stored_at) = stored.get(&seq) {
+                from_store
+                    .push((at.saturating_sub(stored_at) / 1000).min(u64::from(u32::MAX)) as u32);
+                held_up.push(
+                    (stored_at.saturating_sub(published) / 1000).min(u64::from(u32::MAX)) as u32,
+                );
+            }
+        }
+    }
+    from_store.sort_unstable();
+    held_up.sort_unstable();
+    format!(
+        "  ↳ from JetStream's store time to the client: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} deliveries); publish → stored: p99 {:.1} ms, max {:.1} ms",
+        percentile(&from_store, 0.50),
+        percentile(&from_store, 0.99),
+        percentile(&from_store, 1.0),
+        from_store.len(),
+        percentile(&held_up, 0.99),
+        percentile(&held_up, 1.0),
+    )
 }
 
 /// The ceiling: the same subjects and load, delivered by plain NATS core subscriptions. `nats`
@@ -889,7 +1100,8 @@ async fn ceiling_run(nats: &mut Nats, clients: usize, rate: u32, seconds: f64) -
         subject_of.push(s);
         tasks.push(tokio::spawn(async move {
             while let Some(message) = sub.next().await {
-                rec.lock().expect("lock").record(&message.payload);
+                // Core NATS carries no stream sequence.
+                rec.lock().expect("lock").record(0, &message.payload);
             }
         }));
     }
@@ -1399,7 +1611,32 @@ impl Tally {
 async fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
     let parts = selection("BENCH_PARTS", &PARTS);
-    let modes = selection("BENCH_MODES", &MODES);
+    let known_modes: Vec<&'static str> = MODES.iter().chain(&PEERS).copied().collect();
+    let selected_modes = selection("BENCH_MODES", &known_modes);
+    // The relay's modes (every part) and the peers (the sweep only).
+    let modes: Vec<&'static str> = selected_modes
+        .iter()
+        .copied()
+        .filter(|m| MODES.contains(m))
+        .collect();
+    // Pushpin: in the default selection when it can run; named without its binaries, an error.
+    let pushpin_missing = pushpin::missing_binaries();
+    let pushpin_selected = selected_modes.contains(&"pushpin");
+    if pushpin_selected && !pushpin_missing.is_empty() && std::env::var_os("BENCH_MODES").is_some()
+    {
+        eprintln!(
+            "BENCH_MODES names pushpin, but {} not on PATH: install Debian's pushpin (apt-get install pushpin condure zurl; `make bench` installs them when missing)",
+            pushpin_missing.join(", ")
+        );
+        std::process::exit(2);
+    }
+    let with_pushpin = pushpin_selected && pushpin_missing.is_empty();
+    let peers_left_out = (pushpin_selected && !with_pushpin).then(|| {
+        format!(
+            "(No pushpin rows: {} not on PATH; `make bench` installs Debian's pushpin.)",
+            pushpin_missing.join(", ")
+        )
+    });
     let sweep_overridden = ["BENCH_CLIENTS", "BENCH_RATES", "BENCH_SECONDS"]
         .iter()
         .any(|v| std::env::var_os(v).is_some());
@@ -1428,8 +1665,11 @@ async fn main() {
     let churn_clients = 200;
     let churn_rate = 100;
     let churn_seconds = if quick { 10.0 } else { 30.0 };
-    let scale_clients = if quick { 300 } else { 3000 };
+    // The 1:10 run of docs/scaling.md: 10,000 clients over 3 replicas (the model's worked
+    // example is 100,000).
+    let scale_clients = if quick { 300 } else { 10_000 };
 
+    let mut capacity_model: Option<CapacityModel> = None;
     let mut out = String::new();
     let mut emit = |line: String| {
         println!("{line}");
@@ -1439,15 +1679,21 @@ async fn main() {
     let mut tally = Tally::default();
     emit(format!("Machine: {}", machine()));
     emit(format!(
-        "Load: K = {K_DEPLOYMENTS} deployments + 1 pavilion, clients spread evenly over them; {seconds} s of publishing per row; latency = publish timestamp in the payload → client receipt. Parts: {}; fan-out modes (RELAY_FANOUT): {}. A fresh nats-server and relay for every row.\n",
+        "Load: K = {K_DEPLOYMENTS} deployments + 1 pavilion, clients spread evenly over them; {seconds} s of publishing per row; latency = publish timestamp in the payload → client receipt. Parts: {}; fan-out modes (RELAY_FANOUT): {}; peers in the sweep: {}. A fresh nats-server and relay (or peer) for every row.\n",
         parts.join(", "),
-        modes.join(", ")
+        if modes.is_empty() { "none".to_owned() } else { modes.join(", ") },
+        if with_pushpin { "pushpin" } else { "none" }
     ));
+    if let Some(line) = peers_left_out {
+        emit(format!("{line}\n"));
+    }
 
     if parts.contains(&"sweep") {
         emit("Sweep: each relay mode and the NATS-core ceiling side by side for every (C, R). nats RSS is that row's own nats-server's at the end of the row; nats KiB/conn (idle) its growth from start to all clients connected ÷ C; consumers = the stream's consumer_count with every client connected and caught up.\n".to_owned());
         emit(Row::header());
         let mut ratios = Vec::new();
+        let mut peer_notes = Vec::new();
+        let mut fit_rows = Vec::new();
         let mut fanout_ignored = false;
         for &rate in &rates {
             for &c in &clients {
@@ -1474,6 +1720,16 @@ async fn main() {
                     if mode == "shared" && c > 1 && row.consumers.is_some_and(|n| n >= c) {
                         fanout_ignored = true;
                     }
+                    if mode == "shared" {
+                        fit_rows.push(ModelRow::of(&row));
+                    }
+                    rows.push(row);
+                }
+                if with_pushpin {
+                    let (row, note) = pushpin::pushpin_run(c, rate, seconds).await;
+                    emit(row.line());
+                    tally.add("sweep (pushpin)", row.lost, row.duplicated);
+                    peer_notes.push(note);
                     rows.push(row);
                 }
                 let mut nats = Nats::single().await;
@@ -1492,18 +1748,31 @@ async fn main() {
                 }
             }
         }
+        if with_pushpin {
+            let max_clients = clients.iter().copied().max().unwrap_or(0) as usize;
+            emit(String::new());
+            emit(pushpin::settings_note(max_clients));
+            for note in peer_notes {
+                emit(note);
+            }
+        }
         emit(String::new());
-        emit("Relay ÷ ceiling, one row per mode:\n".to_owned());
+        emit("Relay (or peer) ÷ ceiling, one row per mode:\n".to_owned());
         emit("| mode | C | R ev/s | throughput | p99 |\n|---|---|---|---|---|".to_owned());
         for ratio in ratios {
             emit(ratio);
+        }
+        if let Some(model) = CapacityModel::fit(&fit_rows) {
+            emit(String::new());
+            emit(model.line());
+            capacity_model = Some(model);
         }
         if fanout_ignored {
             emit("\n(The `shared` rows held one JetStream consumer per client: this relay build ignores RELAY_FANOUT, so they measured the consumer mode.)".to_owned());
         }
     }
 
-    if parts.contains(&"traced") {
+    if parts.contains(&"traced") && !modes.is_empty() {
         // Tracing cost: every delivery traced (always_on) and exported to a local sink.
         let (endpoint, exported) = otlp_sink().await;
         let c = if quick { 500 } else { 1000 };
@@ -1557,7 +1826,7 @@ async fn main() {
         }
     }
 
-    if parts.contains(&"storm") {
+    if parts.contains(&"storm") && !modes.is_empty() {
         emit(String::new());
         emit(format!(
             "Reconnect storm: {storm_clients} clients, {storm_rate} events/s published throughout; every client back with its Last-Event-ID after a delay jittered over 3 s, retrying every 200 ms until live. Times from the drop (or the kill); consumers created until all are live again.\n"
@@ -1579,7 +1848,7 @@ async fn main() {
         }
     }
 
-    if parts.contains(&"churn") {
+    if parts.contains(&"churn") && !modes.is_empty() {
         emit(String::new());
         emit(format!(
             "Churn: {churn_clients} clients, each dropping its connection after 0.5–1.5 s and resuming at once with its Last-Event-ID, for {churn_seconds} s while {churn_rate} events/s are published. Relay RSS at start (all connected, before the churn), peak (sampled every 100 ms) and end (all connected and caught up).\n"
@@ -1592,7 +1861,7 @@ async fn main() {
         }
     }
 
-    if parts.contains(&"scale") {
+    if parts.contains(&"scale") && !modes.is_empty() {
         emit(String::new());
         emit("Scale-out: 3 relay replicas on a fresh 3-node NATS cluster (R3 stream) per mode, clients spread round robin, NATS node 2 SIGKILLed halfway.\n".to_owned());
         emit(Row::header());
@@ -1617,6 +1886,9 @@ async fn main() {
             }
             cluster.stop().await;
             emit(row.line());
+            if let (Some(model), "shared") = (&capacity_model, mode) {
+                emit(model.check(&row, 3));
+            }
             tally.add("scale", row.lost, row.duplicated);
         }
     }
