@@ -30,8 +30,16 @@ const LAG_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide recorder (once) and registers every series at zero, so a scrape
 /// shows the full set from the start.
+///
+/// The exporter queues every histogram sample (one per delivered event) until a scrape or an
+/// upkeep folds them into buckets; `PrometheusBuilder::install` would run that upkeep, a
+/// recorder built by hand must: an unscraped relay would otherwise grow by ~24 bytes per
+/// delivery. A plain thread does it, so it runs whatever the runtime is doing.
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
@@ -44,6 +52,16 @@ pub fn install() -> &'static PrometheusHandle {
             tracing::warn!("a metrics recorder was already installed");
         }
         describe();
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(error = %err, "no metrics upkeep thread; histograms grow until scraped");
+        }
         handle
     })
 }
