@@ -46,6 +46,11 @@ const MAX_RETRY: Duration = Duration::from_secs(1);
 /// consumer keeps retrying on a deleted stream without an error), and that the tail keeps up.
 const STREAM_CHECK: Duration = Duration::from_secs(1);
 
+/// How often, and how much at a time, the tail reads the stream with direct gets while its
+/// consumer is being (re)created.
+const BRIDGE_EVERY: Duration = Duration::from_millis(250);
+const BRIDGE_BATCH: usize = 1000;
+
 /// Messages the firehose pulls at a time.
 const TAIL_PULL_BATCH: i64 = 1000;
 
@@ -251,20 +256,34 @@ impl LiveTail {
                     .follow_stream(after, TAIL_PULL_BATCH, TAIL_PULL_EXPIRES)
                     .await
             };
-            let mut feed = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                opened = opened => match opened {
-                    Ok(feed) => feed,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "live tail cannot follow the stream yet");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(delay) => {}
+            tokio::pin!(opened);
+            // While the consumer is being (re)created — which needs JetStream's meta leader, gone
+            // for seconds when its node dies — the tail bridges with direct gets, which any
+            // stream replica answers.
+            let mut bridge = tokio::time::interval(BRIDGE_EVERY);
+            bridge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let opened = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    opened = &mut opened => break opened,
+                    _ = bridge.tick() => {
+                        if let Err(err) = inner.bridge().await {
+                            tracing::debug!(error = %err, "live tail bridge read failed");
                         }
-                        delay = (delay * 2).min(MAX_RETRY);
-                        continue;
                     }
-                },
+                }
+            };
+            let mut feed = match opened {
+                Ok(feed) => feed,
+                Err(err) => {
+                    tracing::warn!(error = %err, "live tail cannot follow the stream yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(MAX_RETRY);
+                    continue;
+                }
             };
             tracing::info!(after = feed.floor(), "live tail following the stream");
             if let Some(started) = on_started.take() {
@@ -499,6 +518,10 @@ impl Inner {
     /// its subject, under the lock a (re-)registering client takes to note the tail position.
     fn take_in(&self, delivery: Arc<Delivery>) {
         let mut state = self.lock();
+        if delivery.event.seq <= state.last_seq {
+            // Already taken in by a bridge read (or a re-created consumer replaying).
+            return;
+        }
         state.last_seq = delivery.event.seq;
         if let Some(ring) = &mut state.ring {
             ring.push(delivery.clone());
@@ -506,6 +529,33 @@ impl Inner {
         if let Some(slots) = state.clients.get(delivery.event.subject.as_str()) {
             for slot in slots {
                 slot.offer(&delivery);
+            }
+        }
+    }
+
+    /// Takes in what the stream holds after the last event taken in, read with batched direct
+    /// gets (whole stream, in sequence order). A replica's store is a prefix of the stream, so
+    /// a replica that lags a few writes behind returns fewer events, never a gap. Nothing
+    /// before the tail knows where it starts.
+    async fn bridge(&self) -> Result<(), StoreError> {
+        loop {
+            let after = {
+                let state = self.lock();
+                if state.ring.is_none() {
+                    return Ok(());
+                }
+                state.last_seq
+            };
+            let page = self
+                .store
+                .direct_batch(">", after.saturating_add(1), BRIDGE_BATCH)
+                .await?;
+            let more = page.pending > 0 && !page.events.is_empty();
+            for event in page.events {
+                self.take_in(Arc::new(Delivery::new(event)));
+            }
+            if !more {
+                return Ok(());
             }
         }
     }
