@@ -1600,10 +1600,18 @@ impl Tally {
         }
     }
 
+    /// Lost and duplicated over sse-relay's parts and the ceiling — what the run's exit status
+    /// stands for. A peer's losses (`sweep (pushpin)`) are findings about the peer: reported,
+    /// not failed on.
     fn total(&self) -> (u64, u64) {
         self.parts
             .iter()
+            .filter(|(part, _, _)| !Self::is_peer(part))
             .fold((0, 0), |(l, d), (_, pl, pd)| (l + pl, d + pd))
+    }
+
+    fn is_peer(part: &str) -> bool {
+        PEERS.iter().any(|peer| part == format!("sweep ({peer})"))
     }
 }
 
@@ -1899,7 +1907,9 @@ async fn main() {
     for (part, l, d) in &tally.parts {
         emit(format!("| {part} | {l} | {d} |"));
     }
-    emit(format!("| total | {lost} | {duplicated} |"));
+    emit(format!(
+        "| total (sse-relay and the ceiling; the exit status) | {lost} | {duplicated} |"
+    ));
 
     if full_run {
         let doc = format!(
