@@ -50,7 +50,7 @@ VALUE_SETS: dict[str, dict] = {
             "caSecret": {"name": "nats-ca", "key": "ca.crt"},
         },
         "relay": {"streamReplicas": 1, "drainTimeoutSeconds": 45, "corsOrigins": ["https://a.example", "https://b.example"],
-                  "fanout": "shared", "ringBytes": 67108864},
+                  "fanout": "consumer", "ringBytes": 67108864},
     },
     "auth-existing-secret": {
         "auth": {"mode": "jwt", "existingSecret": "relay-jwt", "secretKey": "hs256", "audience": "sse-relay"},
@@ -188,13 +188,14 @@ def main() -> int:
             check(find(docs, "Ingress") == [] and find(docs, "HorizontalPodAutoscaler") == [], "defaults: no ingress/HPA")
             check("OTEL_EXPORTER_OTLP_ENDPOINT" not in env, "defaults: no OTel endpoint")
             check(pod["terminationGracePeriodSeconds"] == 35, "defaults: grace 20 + 5 + 10")
+            check(env["RELAY_FANOUT"]["value"] == "shared", "defaults: the chart installs the shared fan-out")
         if name == "other-nats":
             check(env["RELAY_NATS_URL"]["value"] == values["nats"]["url"], "other-nats: RELAY_NATS_URL")
             check(env["RELAY_NATS_CREDS"]["value"] == "/etc/sse-relay/nats/creds", "other-nats: creds file")
             check(env["RELAY_NATS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "relay-nats-token", "key": "token"},
                   "other-nats: token from its Secret")
             check(env["RELAY_CORS_ORIGINS"]["value"] == "https://a.example,https://b.example", "other-nats: CORS list")
-            check(env["RELAY_FANOUT"]["value"] == "shared", "other-nats: shared fan-out")
+            check(env["RELAY_FANOUT"]["value"] == "consumer", "other-nats: consumer fan-out")
             check(env["RELAY_RING_BYTES"]["value"] == "67108864", "other-nats: ring bytes as a plain integer")
             check(pod["terminationGracePeriodSeconds"] > 45 + 5, "other-nats: grace follows the drain timeout")
             volumes = {v["name"]: v for v in pod["volumes"]}
