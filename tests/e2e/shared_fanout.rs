@@ -22,6 +22,36 @@ fn publish_numbered(
     })
 }
 
+/// Publishes `count` numbered events to `deploy.<id>`, `pause` apart; before event `hold_at` it
+/// waits until the returned sender fires (so a fault lands mid-publish every time).
+fn publish_held(
+    publisher: Publisher,
+    id: &'static str,
+    count: usize,
+    hold_at: usize,
+    pause: Duration,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Vec<u64>>,
+) {
+    let (go, held) = tokio::sync::oneshot::channel::<()>();
+    let publishing = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        let mut held = Some(held);
+        for i in 0..count {
+            if i == hold_at {
+                if let Some(held) = held.take() {
+                    held.await.expect("released");
+                }
+            }
+            seqs.push(publisher.deploy(id, &numbered(i)).await);
+            tokio::time::sleep(pause).await;
+        }
+        seqs
+    });
+    (go, publishing)
+}
+
 both_modes! {
 /// 200 clients join (fresh or resumed at different points) while events are published at full
 /// rate; every client gets exactly the events after its resume point.
@@ -163,26 +193,13 @@ async fn a_live_source_that_loses_its_connection_is_repaired(mode) {
     for _ in 0..5 {
         clients.push(SseClient::connect(&url, None).await);
     }
-    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
-    let publishing = tokio::spawn(async move {
-        let mut seqs = Vec::new();
-        let mut cut = Some(cut_rx);
-        for i in 0..EVENTS {
-            if i == EVENTS / 3 {
-                if let Some(rx) = cut.take() {
-                    rx.await.expect("cut");
-                }
-            }
-            seqs.push(publisher.deploy("d-cut", &numbered(i)).await);
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        seqs
-    });
+    let (cut_done, publishing) =
+        publish_held(publisher, "d-cut", EVENTS, EVENTS / 3, Duration::from_millis(2));
     relay
         .wait_metric_at_least("relay_events_delivered_total", (5 * 50) as f64)
         .await;
     proxy.cut();
-    cut_tx.send(()).expect("publisher waiting");
+    cut_done.send(()).expect("publisher waiting");
     let readers = clients.into_iter().map(|mut client| async move { client.events(EVENTS).await });
     let received = futures::future::join_all(readers).await;
     let published = publishing.await.expect("publisher");
@@ -262,21 +279,8 @@ async fn consumers_deleted_on_the_server_are_recreated_without_loss(mode) {
     relay
         .wait_metric(r#"relay_connections{kind="deployment"}"#, 3.0)
         .await;
-    let (deleted_tx, deleted_rx) = tokio::sync::oneshot::channel::<()>();
-    let publishing = tokio::spawn(async move {
-        let mut seqs = Vec::new();
-        let mut deleted = Some(deleted_rx);
-        for i in 0..EVENTS {
-            if i == EVENTS / 4 {
-                if let Some(rx) = deleted.take() {
-                    rx.await.expect("deleted");
-                }
-            }
-            seqs.push(publisher.deploy("d-gone", &numbered(i)).await);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        seqs
-    });
+    let (deleted, publishing) =
+        publish_held(publisher, "d-gone", EVENTS, EVENTS / 4, Duration::from_millis(5));
     relay
         .wait_metric_at_least("relay_events_delivered_total", (3 * 40) as f64)
         .await;
@@ -294,7 +298,7 @@ async fn consumers_deleted_on_the_server_are_recreated_without_loss(mode) {
     for name in &names {
         stream.delete_consumer(name).await.expect("delete consumer");
     }
-    deleted_tx.send(()).expect("publisher waiting");
+    deleted.send(()).expect("publisher waiting");
     let readers = clients.into_iter().map(|mut client| async move {
         let events = client.events(EVENTS).await;
         (events, client)
