@@ -314,7 +314,11 @@ struct FrameStream {
 
 struct Running {
     stream: FrameStream,
+    /// Fires at the earliest moment a heartbeat may be due; re-armed only when it fires, not per
+    /// frame (a timer-wheel update per delivered event costs more than reading the clock).
     idle: Pin<Box<Sleep>>,
+    /// When the last frame was written.
+    last_frame: Instant,
     done: bool,
 }
 
@@ -324,6 +328,7 @@ impl FrameStream {
         let running = Running {
             stream: self,
             idle,
+            last_frame: Instant::now(),
             done: false,
         };
         futures::stream::unfold(running, |mut run| async move {
@@ -333,17 +338,18 @@ impl FrameStream {
             if let Some(frame) = run.stream.first.pop_front() {
                 return Some((Ok(frame), run));
             }
-            let frame = tokio::select! {
+            let frame = loop {
+                tokio::select! {
                 biased;
                 _ = &mut run.stream.drain => {
                     run.done = true;
                     run.stream.open.end_reason = "drain";
-                    drain_frame(run.stream.retry)
+                    break drain_frame(run.stream.retry);
                 }
                 item = run.stream.feed.next() => match item {
                     Some(Ok(delivery)) => {
                         run.stream.open.record_delivery(&delivery.event);
-                        delivery.frame.clone()
+                        break delivery.frame.clone();
                     }
                     Some(Err(err)) => {
                         run.stream.open.span.in_scope(|| {
@@ -359,10 +365,18 @@ impl FrameStream {
                         return None;
                     }
                 },
-                _ = run.idle.as_mut() => Bytes::from_static(sse::HEARTBEAT),
+                _ = run.idle.as_mut() => {
+                    let due = run.last_frame + run.stream.heartbeat;
+                    let now = Instant::now();
+                    if now >= due {
+                        run.idle.as_mut().reset(now + run.stream.heartbeat);
+                        break Bytes::from_static(sse::HEARTBEAT);
+                    }
+                    run.idle.as_mut().reset(due);
+                }
+                }
             };
-            let next = Instant::now() + run.stream.heartbeat;
-            run.idle.as_mut().reset(next);
+            run.last_frame = Instant::now();
             Some((Ok(frame), run))
         })
     }

@@ -110,3 +110,35 @@ async fn multi_subject_streams_interleave_in_stream_order_and_resume(mode) {
     assert_eq!(resumed.next_event().await.id, Some(seq.to_string()));
 }
 }
+
+both_modes! {
+/// An idle stream gets `: hb` comments (RELAY_HEARTBEAT), before and after events, and the
+/// events between them arrive unchanged.
+async fn idle_streams_get_heartbeats(mode) {
+    use sse_relay::sse::SseItem;
+    let nats = Nats::start().await;
+    let relay = Relay::start_in(mode, &nats.url(), &[("RELAY_HEARTBEAT", "200ms")]).await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let mut client = SseClient::connect(&relay.url("/v1/deployments/d-hb/events"), None).await;
+    let mut heartbeats_before = 0;
+    while heartbeats_before < 2 {
+        match client.next_item().await.expect("stream open") {
+            SseItem::Comment(text) => {
+                assert_eq!(text, "hb");
+                heartbeats_before += 1;
+            }
+            SseItem::Retry(_) => {}
+            SseItem::Event(event) => panic!("no event yet: {event:?}"),
+        }
+    }
+    let seq = publisher.deploy("d-hb", r#"{"after":"heartbeats"}"#).await;
+    let event = client.next_event().await;
+    assert_eq!(event.id, Some(seq.to_string()));
+    assert_eq!(event.data, r#"{"after":"heartbeats"}"#);
+    // Idle again: heartbeats resume.
+    match client.next_item().await.expect("stream open") {
+        SseItem::Comment(text) => assert_eq!(text, "hb"),
+        other => panic!("expected a heartbeat, got {other:?}"),
+    }
+}
+}
