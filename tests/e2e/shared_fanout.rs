@@ -52,6 +52,16 @@ fn publish_held(
     (go, publishing)
 }
 
+/// The names of the stream's consumers, as the server lists them.
+async fn consumer_names(stream: &async_nats::jetstream::stream::Stream) -> Vec<String> {
+    use futures::TryStreamExt;
+    stream
+        .consumer_names()
+        .try_collect()
+        .await
+        .expect("consumer names")
+}
+
 both_modes! {
 /// 200 clients join (fresh or resumed at different points) while events are published at full
 /// rate; every client gets exactly the events after its resume point.
@@ -286,14 +296,7 @@ async fn consumers_deleted_on_the_server_are_recreated_without_loss(mode) {
         .await;
     let js = nats.jetstream().await;
     let stream = js.get_stream(STREAM).await.expect("stream");
-    let names: Vec<String> = {
-        use futures::TryStreamExt;
-        stream
-            .consumer_names()
-            .try_collect()
-            .await
-            .expect("consumer names")
-    };
+    let names = consumer_names(&stream).await;
     assert_eq!(names.len(), mode.consumers(3, 1), "{names:?}");
     for name in &names {
         stream.delete_consumer(name).await.expect("delete consumer");
@@ -310,14 +313,7 @@ async fn consumers_deleted_on_the_server_are_recreated_without_loss(mode) {
     }
     // New consumers serve the clients (the ordered consumers re-created themselves as
     // `<name>_<n>`); none of the deleted ones came back.
-    let again: Vec<String> = {
-        use futures::TryStreamExt;
-        stream
-            .consumer_names()
-            .try_collect()
-            .await
-            .expect("consumer names")
-    };
+    let again = consumer_names(&stream).await;
     assert_eq!(again.len(), names.len(), "{again:?}");
     assert!(again.iter().all(|n| !names.contains(n)), "{names:?} -> {again:?}");
 }
