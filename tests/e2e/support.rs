@@ -158,7 +158,15 @@ impl Nats {
 /// stores.
 pub struct NatsCluster {
     pub nodes: Vec<ClusterNode>,
+    /// One cluster at a time in this test binary: three servers electing leaders while the rest
+    /// of the suite runs on two cores is enough load.
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
+
+static CLUSTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long a fresh cluster may take to elect its meta leader under the suite's load.
+const CLUSTER_FORMS_WITHIN: Duration = Duration::from_secs(60);
 
 pub struct ClusterNode {
     pub name: String,
@@ -169,6 +177,7 @@ pub struct ClusterNode {
 
 impl NatsCluster {
     pub async fn start() -> NatsCluster {
+        let one_at_a_time = CLUSTERS.lock().await;
         let ports: Vec<(u16, u16, u16)> = (0..3)
             .map(|_| (free_port(), free_port(), free_port()))
             .collect();
@@ -215,9 +224,12 @@ impl NatsCluster {
                 _store: store,
             });
         }
-        let cluster = NatsCluster { nodes };
+        let cluster = NatsCluster {
+            nodes,
+            _one_at_a_time: one_at_a_time,
+        };
         // Ready when every node answers JetStream requests (a meta leader exists).
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + CLUSTER_FORMS_WITHIN;
         for node in &cluster.nodes {
             loop {
                 let url = format!("nats://127.0.0.1:{}", node.port);
