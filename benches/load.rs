@@ -1835,21 +1835,20 @@ async fn main() {
     }
 
     if parts.contains(&"storm") && !modes.is_empty() {
+        // Browsers come back spread over their jittered `retry:`; BENCH_STORM_SPREAD=0s brings
+        // every client back at once.
+        let spread = std::env::var("BENCH_STORM_SPREAD")
+            .ok()
+            .and_then(|s| humantime::parse_duration(&s).ok())
+            .unwrap_or(Duration::from_secs(3));
         emit(String::new());
         emit(format!(
-            "Reconnect storm: {storm_clients} clients, {storm_rate} events/s published throughout; every client back with its Last-Event-ID after a delay jittered over 3 s, retrying every 200 ms until live. Times from the drop (or the kill); consumers created until all are live again.\n"
+            "Reconnect storm: {storm_clients} clients, {storm_rate} events/s published throughout; every client back with its Last-Event-ID after a delay jittered over {spread:?}, retrying every 200 ms until live. Times from the drop (or the kill); consumers created until all are live again.\n"
         ));
         emit(Storm::header());
         for &mode in &modes {
             for kind in [StormKind::ClientsDropped, StormKind::RelayRestarted] {
-                let storm = storm_run(
-                    mode,
-                    kind,
-                    storm_clients,
-                    storm_rate,
-                    Duration::from_secs(3),
-                )
-                .await;
+                let storm = storm_run(mode, kind, storm_clients, storm_rate, spread).await;
                 emit(storm.line());
                 tally.add("storm", storm.lost, storm.duplicated);
             }
