@@ -36,6 +36,7 @@ impl HandOver {
         self.sent
     }
 
+    #[cfg(test)]
     pub fn is_live(&self) -> bool {
         self.live
     }

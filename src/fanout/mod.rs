@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 pub use client::SharedFeed;
-pub use handover::{HandOver, Sequenced};
+use handover::Sequenced;
 pub use tail::{LiveTail, TailSettings};
 
 use crate::jetstream::{

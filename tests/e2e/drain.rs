@@ -87,11 +87,8 @@ async fn sigterm_drains_every_client_to_another_replica(mode) {
         .collect();
 
     // Once events reach every client (each of the first 100 to all 50), SIGTERM.
-    let deadline = Instant::now() + WAIT;
-    while sample(&a.metrics().await, "relay_events_delivered_total") < (CLIENTS * 100) as f64 {
-        assert!(Instant::now() < deadline, "events did not flow");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    a.wait_metric_at_least("relay_events_delivered_total", (CLIENTS * 100) as f64)
+        .await;
     let started = Instant::now();
     a.sigterm();
     sigterm_tx.send(()).ok();

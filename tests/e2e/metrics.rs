@@ -74,19 +74,11 @@ async fn a_known_scenario_scrapes_exactly() {
 
     // A client leaves: its gauge and its consumer go.
     drop(c1);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let m = relay.metrics().await;
-        if sample(&m, "relay_consumers_deleted_total") == 1.0 {
-            assert_eq!(sample(&m, r#"relay_connections{kind="deployment"}"#), 1.0);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "consumer never deleted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    relay
+        .wait_metric("relay_consumers_deleted_total", 1.0)
+        .await;
+    let m = relay.metrics().await;
+    assert_eq!(sample(&m, r#"relay_connections{kind="deployment"}"#), 1.0);
 }
 
 /// Shared mode: the live-tail series after a known scenario — one live source, catch-ups from

@@ -1,5 +1,6 @@
-//! Slow clients: one that reads nothing is disconnected; relay memory stays flat (JetStream
-//! holds the backlog); a normal client of the same deployment gets everything meanwhile.
+//! Slow clients: one that reads nothing is disconnected; relay memory stays flat (consumer mode:
+//! JetStream holds the backlog; shared mode: the client's queue is emptied when full and the
+//! ring has a byte budget); a normal client of the same deployment gets everything meanwhile.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
