@@ -40,7 +40,7 @@
 //! written analysis of them). Ends with the lost and duplicated totals over every part, and exits
 //! with status 1 if either is not 0.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -68,6 +68,10 @@ const PEERS: [&str; 1] = ["pushpin"];
 
 #[path = "peers/pushpin.rs"]
 mod pushpin;
+#[path = "sse_client.rs"]
+mod sse_client;
+
+use sse_client::{Dialer, SseStream};
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -401,7 +405,7 @@ impl Relay {
                         tx.send(addr.parse::<SocketAddr>().expect("addr")).ok();
                     }
                 } else if v["level"] == "WARN" || v["level"] == "ERROR" {
-                    eprintln!("  [relay] {}", v["message"]);
+                    eprintln!("  [relay] {} {}", v["message"], v["error"]);
                 }
             }
         });
@@ -501,9 +505,16 @@ struct Received {
     ids_increasing: bool,
 }
 
+/// The payload `publish_load` sends: publish time (ns since the epoch) and per-subject counter.
+#[derive(serde::Deserialize)]
+struct Payload {
+    t: u64,
+    n: u64,
+}
+
 fn parse_payload(data: &[u8]) -> Option<(u64, u64)> {
-    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
-    Some((v["t"].as_u64()?, v["n"].as_u64()?))
+    let p: Payload = serde_json::from_slice(data).ok()?;
+    Some((p.t, p.n))
 }
 
 impl Received {
@@ -576,37 +587,39 @@ async fn publish_load(nats_urls: &str, run: &str, rate: u32, seconds: f64) -> Ve
 /// Opens an SSE stream, resuming with `Last-Event-ID` after the last event received if any.
 /// None unless the answer is 200, or if `done` comes first.
 async fn sse_open(
-    http: &reqwest::Client,
+    dialer: &Dialer,
     url: &str,
     received: &Mutex<Received>,
     done: &CancellationToken,
-) -> Option<reqwest::Response> {
+) -> Option<SseStream> {
     let last = received.lock().expect("lock").last_id;
-    let mut request = http.get(url);
-    if last > 0 {
-        request = request.header("Last-Event-ID", last.to_string());
-    }
-    let response = tokio::select! {
-        _ = done.cancelled() => return None,
-        response = request.send() => response.ok()?,
+    let headers = if last > 0 {
+        vec![("Last-Event-ID", last.to_string())]
+    } else {
+        Vec::new()
     };
-    (response.status().as_u16() == 200).then_some(response)
+    tokio::select! {
+        _ = done.cancelled() => None,
+        stream = dialer.open(url, &headers) => stream,
+    }
 }
 
 /// Reads an open SSE stream until `done` (true) or the stream ends or fails (false), recording
 /// every event.
 async fn sse_read(
-    mut response: reqwest::Response,
+    mut stream: SseStream,
     received: &Mutex<Received>,
     done: &CancellationToken,
 ) -> bool {
     let mut parser = SseParser::new();
+    let cancelled = done.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let chunk = tokio::select! {
-            _ = done.cancelled() => return true,
-            chunk = response.chunk() => chunk,
+            _ = &mut cancelled => return true,
+            chunk = stream.chunk() => chunk,
         };
-        let Ok(Some(bytes)) = chunk else { return false };
+        let Some(bytes) = chunk else { return false };
         parser.feed(&bytes);
         let mut rec = received.lock().expect("lock");
         while let Some(item) = parser.next_item() {
@@ -629,20 +642,6 @@ fn new_received() -> Arc<Mutex<Received>> {
         ids_increasing: true,
         ..Default::default()
     }))
-}
-
-/// HTTP clients bound to different loopback source addresses, so 10 000+ connections (and a
-/// reconnect storm on top) do not run out of ephemeral ports.
-fn http_clients() -> Vec<reqwest::Client> {
-    (2..10)
-        .map(|i| {
-            reqwest::Client::builder()
-                .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("client")
-        })
-        .collect()
 }
 
 /// Waits until the clients hold `total` events between them, or `wait` has passed.
@@ -817,7 +816,7 @@ async fn relay_run<S: Server>(
     kill_node_mid_run: bool,
 ) -> Row {
     let run = format!("r{}", rand::rng().random::<u32>());
-    let https = http_clients();
+    let dialers = sse_client::dialers();
     let done = CancellationToken::new();
     // Streams opened (reconnections included), and streams open now.
     let connected = Arc::new(AtomicUsize::new(0));
@@ -837,7 +836,7 @@ async fn relay_run<S: Server>(
         subject_of.push(s);
         let permit = gate.clone().acquire_owned().await.expect("gate");
         let (http, connected, live, done) = (
-            https[i % https.len()].clone(),
+            dialers[i % dialers.len()],
             connected.clone(),
             live.clone(),
             done.clone(),
@@ -1204,7 +1203,7 @@ async fn storm_run(
     // Where the clients find the relay (a restarted one listens on a new port).
     let addr = Arc::new(Mutex::new(relay.addr));
     let run = format!("s{}", rand::rng().random::<u32>());
-    let https = http_clients();
+    let dialers = sse_client::dialers();
     let connected = Arc::new(AtomicUsize::new(0));
     let reconnected = Arc::new(AtomicUsize::new(0));
     let storm = CancellationToken::new();
@@ -1221,7 +1220,7 @@ async fn storm_run(
         subject_of.push(s);
         let permit = gate.clone().acquire_owned().await.expect("gate");
         let (http, addr, connected, reconnected, storm, done) = (
-            https[i % https.len()].clone(),
+            dialers[i % dialers.len()],
             addr.clone(),
             connected.clone(),
             reconnected.clone(),
@@ -1374,7 +1373,7 @@ async fn churn_run(mode: &'static str, clients: usize, rate: u32, seconds: f64) 
     let relay = Relay::start(&nats.url_list(), 1, mode).await;
     let advisories = nats.consumer_creations().await;
     let run = format!("ch{}", rand::rng().random::<u32>());
-    let https = http_clients();
+    let dialers = sse_client::dialers();
     let connected = Arc::new(AtomicUsize::new(0));
     let begin = CancellationToken::new();
     let churn_end: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
@@ -1389,7 +1388,7 @@ async fn churn_run(mode: &'static str, clients: usize, rate: u32, seconds: f64) 
         received.push(rec.clone());
         subject_of.push(s);
         let (http, connected, begin, churn_end, done) = (
-            https[i % https.len()].clone(),
+            dialers[i % dialers.len()],
             connected.clone(),
             begin.clone(),
             churn_end.clone(),

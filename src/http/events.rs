@@ -1,34 +1,25 @@
 //! The SSE endpoints: validate, open a client feed at the resume point, stream frames.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::{FutureExt, Stream, StreamExt};
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use opentelemetry::trace::TraceContextExt;
-use tokio::time::{Instant, Sleep};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use metrics::counter;
 
 use super::error::ApiError;
 use super::extract::{resume_point, PathKey, QueryPairs};
 use super::limits::{ConnectionPermit, LimitExceeded};
+use super::stream_body::{BodySettings, OpenConnection, SseBody};
 use super::AppState;
-use crate::fanout::{ClientFeed, Opened};
-use crate::jetstream::{Opening, RelayEvent};
+use crate::fanout::Opened;
+use crate::jetstream::Opening;
 use crate::readiness::NotReady;
 use crate::sse;
 use crate::subject::{ResumePoint, Subject, SubjectSet};
-use crate::telemetry::metrics::{
-    CONNECTIONS, CONNECTIONS_REJECTED, DELIVERY_LAG, EVENTS_DELIVERED, RESUMES,
-};
+use crate::telemetry::metrics::{CONNECTIONS_REJECTED, RESUMES};
 use crate::telemetry::{self, propagation};
 
 pub async fn deployment_events(
@@ -118,23 +109,15 @@ async fn open_stream(
         connection_span,
         connection_id,
     );
-    let drain_delay = state.drain_spread.mul_f64(rand::random::<f64>());
-    let drain = state
-        .draining
-        .clone()
-        .cancelled_owned()
-        .then(move |()| tokio::time::sleep(drain_delay));
-    let body = FrameStream {
-        first,
-        feed: opened.feed,
+    let settings = BodySettings {
         heartbeat: state.config.heartbeat,
         retry: state.config.retry,
-        drain: Box::pin(drain),
-        open,
-    }
-    .into_stream();
+        draining: state.draining.clone(),
+        drain_delay: state.drain_spread.mul_f64(rand::random::<f64>()),
+    };
+    let body = SseBody::new(first, opened.feed, open, settings);
 
-    let mut response = Body::from_stream(body).into_response();
+    let mut response = Body::new(body).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -213,183 +196,4 @@ fn opening_frame(opening: Opening) -> Bytes {
             &serde_json::json!({"requested": requested, "last_seq": last_seq}).to_string(),
         ),
     }
-}
-
-/// What an open connection holds besides its feed: its limit slots, its place in the
-/// connection gauge and its span. Dropped with the body, however the stream ends.
-struct OpenConnection {
-    _permit: ConnectionPermit,
-    gauge: Gauge,
-    delivered: Counter,
-    lag: Histogram,
-    span: tracing::Span,
-    connection_id: String,
-    events: u64,
-    /// Why the stream ended; a stream dropped without one ended because the client left.
-    end_reason: &'static str,
-}
-
-impl OpenConnection {
-    fn new(
-        permit: ConnectionPermit,
-        kind: &'static str,
-        span: tracing::Span,
-        connection_id: String,
-    ) -> Self {
-        let gauge = gauge!(CONNECTIONS, "kind" => kind);
-        gauge.increment(1.0);
-        Self {
-            _permit: permit,
-            gauge,
-            delivered: counter!(EVENTS_DELIVERED),
-            lag: histogram!(DELIVERY_LAG),
-            span,
-            connection_id,
-            events: 0,
-            end_reason: "client_closed",
-        }
-    }
-
-    fn record_delivery(&mut self, event: &RelayEvent) {
-        self.delivered.increment(1);
-        self.events += 1;
-        let lag = (time::OffsetDateTime::now_utc() - event.published)
-            .as_seconds_f64()
-            .max(0.0);
-        self.lag.record(lag);
-        if telemetry::exporting() {
-            self.trace_delivery(event, lag);
-        }
-    }
-
-    /// One short span per delivered event, a child of the publisher's span (its trace context
-    /// travels in the message headers) and linked to this connection's span; a child of the
-    /// connection span when the publisher sent no context.
-    fn trace_delivery(&self, event: &RelayEvent, lag_seconds: f64) {
-        let span = tracing::info_span!(
-            parent: None,
-            "deliver",
-            otel.name = %format_args!("deliver {}", event.subject),
-            otel.kind = "consumer",
-            messaging.system = "nats",
-            messaging.operation.type = "receive",
-            messaging.destination.name = %event.subject,
-            relay.stream_sequence = event.seq,
-            relay.connection_id = %self.connection_id,
-            relay.delivery_lag_ms = lag_seconds * 1000.0,
-        );
-        let connection = self.span.context();
-        match propagation::extract_from_nats(event.headers.as_ref()) {
-            Some(publisher) => {
-                let _ = span.set_parent(publisher);
-                span.add_link(connection.span().span_context().clone());
-            }
-            None => {
-                let _ = span.set_parent(connection);
-            }
-        }
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.gauge.decrement(1.0);
-        self.span.record("relay.events_delivered", self.events);
-        self.span.record("relay.end_reason", self.end_reason);
-    }
-}
-
-/// The body of one SSE response: opening frames, then events with heartbeats while idle, ending
-/// when the consumer fails for good (the client reconnects with its Last-Event-ID) or when this
-/// connection's turn in the drain comes.
-struct FrameStream {
-    first: VecDeque<Bytes>,
-    feed: ClientFeed,
-    heartbeat: Duration,
-    retry: Duration,
-    /// Resolves at this connection's (randomly spread) moment in a drain.
-    drain: BoxFuture<'static, ()>,
-    open: OpenConnection,
-}
-
-struct Running {
-    stream: FrameStream,
-    /// Fires at the earliest moment a heartbeat may be due; re-armed only when it fires, not per
-    /// frame (a timer-wheel update per delivered event costs more than reading the clock).
-    idle: Pin<Box<Sleep>>,
-    /// When the last frame was written.
-    last_frame: Instant,
-    done: bool,
-}
-
-impl FrameStream {
-    fn into_stream(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-        let idle = Box::pin(tokio::time::sleep(self.heartbeat));
-        let running = Running {
-            stream: self,
-            idle,
-            last_frame: Instant::now(),
-            done: false,
-        };
-        futures::stream::unfold(running, |mut run| async move {
-            if run.done {
-                return None;
-            }
-            if let Some(frame) = run.stream.first.pop_front() {
-                return Some((Ok(frame), run));
-            }
-            let frame = loop {
-                tokio::select! {
-                biased;
-                _ = &mut run.stream.drain => {
-                    run.done = true;
-                    run.stream.open.end_reason = "drain";
-                    break drain_frame(run.stream.retry);
-                }
-                item = run.stream.feed.next() => match item {
-                    Some(Ok(delivery)) => {
-                        run.stream.open.record_delivery(&delivery.event);
-                        break delivery.frame.clone();
-                    }
-                    Some(Err(err)) => {
-                        run.stream.open.span.in_scope(|| {
-                            tracing::warn!(error = %err, "ending stream; the client will resume");
-                        });
-                        run.stream.open.end_reason = "consumer_failed";
-                        drop(run); // records the reason on the connection span
-                        return None;
-                    }
-                    None => {
-                        run.stream.open.end_reason = "feed_ended";
-                        drop(run);
-                        return None;
-                    }
-                },
-                _ = run.idle.as_mut() => {
-                    let due = run.last_frame + run.stream.heartbeat;
-                    let now = Instant::now();
-                    if now >= due {
-                        run.idle.as_mut().reset(now + run.stream.heartbeat);
-                        break Bytes::from_static(sse::HEARTBEAT);
-                    }
-                    run.idle.as_mut().reset(due);
-                }
-                }
-            };
-            run.last_frame = Instant::now();
-            Some((Ok(frame), run))
-        })
-    }
-}
-
-/// `relay.drain`, then a jittered `retry:` so drained clients do not return as one herd.
-fn drain_frame(retry: Duration) -> Bytes {
-    let retry_ms = sse::jittered_retry_ms(retry);
-    let mut frame = sse::control_frame(
-        "relay.drain",
-        &serde_json::json!({"reason": "shutdown", "retry_ms": retry_ms}).to_string(),
-    )
-    .to_vec();
-    frame.extend_from_slice(&sse::retry_frame(retry_ms));
-    Bytes::from(frame)
 }

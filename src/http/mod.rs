@@ -12,6 +12,7 @@ mod limits;
 mod middleware;
 mod serve;
 mod stall;
+mod stream_body;
 mod timeline;
 
 use std::sync::atomic::{AtomicU64, Ordering};

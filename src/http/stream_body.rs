@@ -1,0 +1,299 @@
+//! The body of one SSE response: opening frames, then each delivery's frame, heartbeats while
+//! idle, and `relay.drain` at this connection's turn in a drain (`docs/api.md` §2, §6).
+//!
+//! Written as an `http_body::Body` by hand rather than a stream of futures: it is polled once
+//! per delivered event on every connection, so what it does per poll is what a delivery costs.
+//! A delivery is one queue pop, one histogram sample and the frame's bytes; the drain signal and
+//! the heartbeat timer are looked at only when the feed has nothing to give, and the delivered
+//! counter is added to when the connection goes idle, not per event.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use http_body::Frame;
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use opentelemetry::trace::TraceContextExt;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::limits::ConnectionPermit;
+use crate::fanout::ClientFeed;
+use crate::jetstream::RelayEvent;
+use crate::sse;
+use crate::telemetry::metrics::{CONNECTIONS, DELIVERY_LAG, EVENTS_DELIVERED};
+use crate::telemetry::{self, propagation};
+
+/// What an open connection holds besides its feed: its limit slots, its place in the
+/// connection gauge and its span. Dropped with the body, however the stream ends.
+pub struct OpenConnection {
+    _permit: ConnectionPermit,
+    gauge: Gauge,
+    delivered: Counter,
+    /// Deliveries not yet added to `delivered`.
+    unreported: u64,
+    lag: Histogram,
+    span: tracing::Span,
+    connection_id: String,
+    events: u64,
+    /// Why the stream ended; a stream dropped without one ended because the client left.
+    end_reason: &'static str,
+}
+
+impl OpenConnection {
+    pub fn new(
+        permit: ConnectionPermit,
+        kind: &'static str,
+        span: tracing::Span,
+        connection_id: String,
+    ) -> Self {
+        let gauge = gauge!(CONNECTIONS, "kind" => kind);
+        gauge.increment(1.0);
+        Self {
+            _permit: permit,
+            gauge,
+            delivered: counter!(EVENTS_DELIVERED),
+            unreported: 0,
+            lag: histogram!(DELIVERY_LAG),
+            span,
+            connection_id,
+            events: 0,
+            end_reason: "client_closed",
+        }
+    }
+
+    fn record_delivery(&mut self, event: &RelayEvent) {
+        self.unreported += 1;
+        self.events += 1;
+        let lag = (time::OffsetDateTime::now_utc() - event.published)
+            .as_seconds_f64()
+            .max(0.0);
+        self.lag.record(lag);
+        if telemetry::exporting() {
+            self.trace_delivery(event, lag);
+        }
+    }
+
+    /// Adds the deliveries since the last report to the shared counter: one atomic update per
+    /// burst rather than one per event, from every connection on every core.
+    fn report(&mut self) {
+        if self.unreported > 0 {
+            self.delivered.increment(self.unreported);
+            self.unreported = 0;
+        }
+    }
+
+    /// One short span per delivered event, a child of the publisher's span (its trace context
+    /// travels in the message headers) and linked to this connection's span; a child of the
+    /// connection span when the publisher sent no context.
+    fn trace_delivery(&self, event: &RelayEvent, lag_seconds: f64) {
+        let span = tracing::info_span!(
+            parent: None,
+            "deliver",
+            otel.name = %format_args!("deliver {}", event.subject),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "receive",
+            messaging.destination.name = %event.subject,
+            relay.stream_sequence = event.seq,
+            relay.connection_id = %self.connection_id,
+            relay.delivery_lag_ms = lag_seconds * 1000.0,
+        );
+        let connection = self.span.context();
+        match propagation::extract_from_nats(event.headers.as_ref()) {
+            Some(publisher) => {
+                let _ = span.set_parent(publisher);
+                span.add_link(connection.span().span_context().clone());
+            }
+            None => {
+                let _ = span.set_parent(connection);
+            }
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.report();
+        self.gauge.decrement(1.0);
+        self.span.record("relay.events_delivered", self.events);
+        self.span.record("relay.end_reason", self.end_reason);
+    }
+}
+
+/// This connection's part in a drain: once the replica starts draining, it waits its own
+/// random share of the spread, then the stream ends with `relay.drain`.
+enum Drain {
+    Watching {
+        draining: CancellationToken,
+        /// Registered the first time the feed is idle; checked with an atomic load otherwise.
+        signal: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        delay: Duration,
+    },
+    Due(Pin<Box<Sleep>>),
+}
+
+impl Drain {
+    /// Ready when this connection's turn has come. `register` asks to be woken when the drain
+    /// starts (the feed is idle, so nothing else would wake the body).
+    fn poll_due(&mut self, cx: &mut Context<'_>, register: bool) -> Poll<()> {
+        if let Drain::Watching {
+            draining,
+            signal,
+            delay,
+        } = self
+        {
+            let started = draining.is_cancelled()
+                || (register
+                    && signal
+                        .get_or_insert_with(|| Box::pin(draining.clone().cancelled_owned()))
+                        .poll_unpin(cx)
+                        .is_ready());
+            if !started {
+                return Poll::Pending;
+            }
+            *self = Drain::Due(Box::pin(tokio::time::sleep(*delay)));
+        }
+        match self {
+            Drain::Due(sleep) => sleep.as_mut().poll(cx),
+            Drain::Watching { .. } => Poll::Pending,
+        }
+    }
+}
+
+/// The body of one SSE response.
+pub struct SseBody {
+    first: VecDeque<Bytes>,
+    feed: ClientFeed,
+    heartbeat: Duration,
+    retry: Duration,
+    drain: Drain,
+    /// Fires at the earliest moment a heartbeat may be due; re-armed only when it fires, not per
+    /// frame (a timer-wheel update per delivered event costs more than reading the clock).
+    idle: Pin<Box<Sleep>>,
+    /// When the last frame was handed out.
+    last_frame: Instant,
+    open: OpenConnection,
+    done: bool,
+}
+
+/// How an [`SseBody`] behaves.
+pub struct BodySettings {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+    pub draining: CancellationToken,
+    /// This connection's wait, once a drain starts, before it is ended.
+    pub drain_delay: Duration,
+}
+
+impl SseBody {
+    /// `first` goes out before any event (`retry:`, a `relay.gap` or `relay.reset`).
+    pub fn new(
+        first: VecDeque<Bytes>,
+        feed: ClientFeed,
+        open: OpenConnection,
+        settings: BodySettings,
+    ) -> Self {
+        Self {
+            first,
+            feed,
+            heartbeat: settings.heartbeat,
+            retry: settings.retry,
+            drain: Drain::Watching {
+                draining: settings.draining,
+                signal: None,
+                delay: settings.drain_delay,
+            },
+            idle: Box::pin(tokio::time::sleep(settings.heartbeat)),
+            last_frame: Instant::now(),
+            open,
+            done: false,
+        }
+    }
+
+    fn frame(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.last_frame = Instant::now();
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
+    }
+
+    fn end(&mut self, reason: &'static str) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.done = true;
+        self.open.end_reason = reason;
+        self.open.report();
+        Poll::Ready(None)
+    }
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(frame) = this.first.pop_front() {
+            return this.frame(frame);
+        }
+        if this.drain.poll_due(cx, false).is_ready() {
+            return this.drained();
+        }
+        match this.feed.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(delivery))) => {
+                this.open.record_delivery(&delivery.event);
+                return this.frame(delivery.frame.clone());
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.open.span.in_scope(|| {
+                    tracing::warn!(error = %err, "ending stream; the client will resume");
+                });
+                return this.end("consumer_failed");
+            }
+            Poll::Ready(None) => return this.end("feed_ended"),
+            Poll::Pending => {}
+        }
+        // Idle: the connection's deliveries so far are counted, and the drain and the heartbeat
+        // timer are what can wake it next.
+        this.open.report();
+        if this.drain.poll_due(cx, true).is_ready() {
+            return this.drained();
+        }
+        while this.idle.as_mut().poll(cx).is_ready() {
+            let due = this.last_frame + this.heartbeat;
+            let now = Instant::now();
+            if now >= due {
+                this.idle.as_mut().reset(now + this.heartbeat);
+                return this.frame(Bytes::from_static(sse::HEARTBEAT));
+            }
+            this.idle.as_mut().reset(due);
+        }
+        Poll::Pending
+    }
+}
+
+impl SseBody {
+    /// `relay.drain`, then a jittered `retry:` so drained clients do not return as one herd.
+    fn drained(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let retry_ms = sse::jittered_retry_ms(self.retry);
+        let mut frame = sse::control_frame(
+            "relay.drain",
+            &serde_json::json!({"reason": "shutdown", "retry_ms": retry_ms}).to_string(),
+        )
+        .to_vec();
+        frame.extend_from_slice(&sse::retry_frame(retry_ms));
+        self.done = true;
+        self.open.end_reason = "drain";
+        self.open.report();
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(frame)))))
+    }
+}
