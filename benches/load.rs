@@ -3,7 +3,7 @@
 //! Starts its own nats-server(s) and relay(s) on loopback, opens concurrent SSE clients, publishes
 //! events spread over K deployments and one pavilion, and checks that every client got every event
 //! of its subject exactly once (the `lost` and `dup` columns). Parts, selected with
-//! `BENCH_PARTS=sweep,traced,storm,churn,scale` (comma-separated; default: all of them):
+//! `BENCH_PARTS=sweep,traced,storm,churn,shapes,scale` (comma-separated; default: all of them):
 //!
 //! - `sweep`: for every (C clients, R events/s) one row per relay fan-out mode and, beside them in
 //!   the same run, the same load delivered by plain NATS core subscriptions (`ceiling`); then a
@@ -15,6 +15,10 @@
 //!   consumers created meanwhile (relay `/metrics` and nats-server advisories);
 //! - `churn`: 200 clients each dropping and resuming its connection about every second while
 //!   100 events/s flow; relay RSS at start, peak and end;
+//! - `shapes`: the two shapes a replica's live source can take, on a stream of many subjects of
+//!   which a replica's clients watch all, a tenth or a hundredth: one firehose consumer (the
+//!   `shared` mode) against one ordered consumer per watched subject (what the `consumer` mode
+//!   does with one client per subject); relay and nats-server CPU, consumers;
 //! - `scale`: 3 relay replicas on a 3-node NATS cluster, a NATS node SIGKILLed halfway.
 //!
 //! Fan-out modes (`RELAY_FANOUT`, given to every relay started): `BENCH_MODES=consumer,shared`
@@ -55,12 +59,14 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 const K_DEPLOYMENTS: usize = 100;
+/// Subjects of the default load: K deployments and one pavilion.
+const SUBJECTS: usize = K_DEPLOYMENTS + 1;
 /// How long a run waits after publishing for every client to have every event; what has not
 /// arrived by then counts as lost.
 const DELIVERY_WAIT_SECS: u64 = 120;
 const OPEN_FILES_LIMIT: u64 = 20_000;
 /// The parts, in the order they run.
-const PARTS: [&str; 5] = ["sweep", "traced", "storm", "churn", "scale"];
+const PARTS: [&str; 6] = ["sweep", "traced", "storm", "churn", "shapes", "scale"];
 /// The relay's fan-out modes (`RELAY_FANOUT`).
 const MODES: [&str; 2] = ["consumer", "shared"];
 /// Peers run in the sweep beside the relay's modes (`BENCH_MODES` names them too).
@@ -469,9 +475,10 @@ fn rss_peak_sampler(pid: u32, stop: CancellationToken) -> tokio::task::JoinHandl
 // ---------------------------------------------------------------------------------------------
 // Load
 
-/// Subject index `s` in 0..=K: K deployments, then the pavilion.
+/// Subject index `s`: K is the pavilion, every other index a deployment (0..K in the default
+/// load; the `shapes` part publishes to more).
 fn subject_name(run: &str, s: usize) -> (String, String) {
-    if s < K_DEPLOYMENTS {
+    if s != K_DEPLOYMENTS {
         let id = format!("{run}-d{s}");
         (
             format!("deploy.{id}"),
@@ -531,15 +538,26 @@ impl Received {
     }
 }
 
-/// Publishes `rate` events/s over the K+1 subjects (round robin) for `seconds`; returns how many
-/// each subject got. The payload carries the publish time and a per-subject counter.
+/// Publishes `rate` events/s over the default K+1 subjects (round robin) for `seconds`; returns
+/// how many each subject got. The payload carries the publish time and a per-subject counter.
 async fn publish_load(nats_urls: &str, run: &str, rate: u32, seconds: f64) -> Vec<u64> {
+    publish_over(nats_urls, run, rate, seconds, SUBJECTS).await
+}
+
+/// [`publish_load`] over subject indexes `0..subjects`.
+async fn publish_over(
+    nats_urls: &str,
+    run: &str,
+    rate: u32,
+    seconds: f64,
+    subjects: usize,
+) -> Vec<u64> {
     let urls: Vec<String> = nats_urls.split(',').map(str::to_owned).collect();
     let client = async_nats::connect(urls.as_slice())
         .await
         .expect("publisher");
     let js = async_nats::jetstream::new(client);
-    let mut counts = vec![0u64; K_DEPLOYMENTS + 1];
+    let mut counts = vec![0u64; subjects];
     let total = (f64::from(rate) * seconds) as u64;
     let tick = Duration::from_millis(10);
     let per_tick = (f64::from(rate) * tick.as_secs_f64()).max(1.0);
@@ -575,7 +593,7 @@ async fn publish_load(nats_urls: &str, run: &str, rate: u32, seconds: f64) -> Ve
                 panic!("publish never acknowledged");
             });
             counts[s] += 1;
-            s = (s + 1) % (K_DEPLOYMENTS + 1);
+            s = (s + 1) % subjects;
             sent += 1;
         }
         while let Some(Some(())) = futures::FutureExt::now_or_never(acks.next()) {}
@@ -815,6 +833,39 @@ async fn relay_run<S: Server>(
     seconds: f64,
     kill_node_mid_run: bool,
 ) -> Row {
+    let load = Load {
+        clients,
+        rate,
+        seconds,
+        subjects: SUBJECTS,
+    };
+    relay_run_over(nats, relays, mode, load, kill_node_mid_run).await
+}
+
+/// What a run publishes and who listens: `rate` events/s for `seconds` over subject indexes
+/// `0..subjects`, client `i` on subject `i % subjects`.
+#[derive(Clone, Copy)]
+struct Load {
+    clients: usize,
+    rate: u32,
+    seconds: f64,
+    subjects: usize,
+}
+
+/// [`relay_run`] with any [`Load`].
+async fn relay_run_over<S: Server>(
+    nats: &mut Nats,
+    relays: &[S],
+    mode: String,
+    load: Load,
+    kill_node_mid_run: bool,
+) -> Row {
+    let Load {
+        clients,
+        rate,
+        seconds,
+        subjects,
+    } = load;
     let run = format!("r{}", rand::rng().random::<u32>());
     let dialers = sse_client::dialers();
     let done = CancellationToken::new();
@@ -828,7 +879,7 @@ async fn relay_run<S: Server>(
     let relay_rss_before: f64 = relays.iter().map(|r| r.rss_mib()).sum();
     let nats_rss_before = nats.rss_mib();
     for i in 0..clients {
-        let s = i % (K_DEPLOYMENTS + 1);
+        let s = i % subjects;
         let relay = &relays[i % relays.len()];
         let url = format!("http://{}{}", relay.addr(), subject_name(&run, s).1);
         let rec = new_received();
@@ -879,7 +930,7 @@ async fn relay_run<S: Server>(
     let publisher = tokio::spawn({
         let urls = nats.url_list();
         let run = run.clone();
-        async move { publish_load(&urls, &run, rate, seconds).await }
+        async move { publish_over(&urls, &run, rate, seconds, subjects).await }
     });
     if kill_node_mid_run {
         tokio::time::sleep(Duration::from_secs_f64(seconds / 2.0)).await;
@@ -1864,6 +1915,51 @@ async fn main() {
             let churn = churn_run(mode, churn_clients, churn_rate, churn_seconds).await;
             emit(churn.line());
             tally.add("churn", churn.lost, churn.duplicated);
+        }
+    }
+
+    if parts.contains(&"shapes") && !modes.is_empty() {
+        let (published, rate) = if quick { (200, 200) } else { (1000, 1000) };
+        emit(String::new());
+        emit(format!("Live source shapes: {rate} events/s over {published} subjects; one client per watched subject, so deliveries are the same in both shapes and the difference is what the source costs. firehose = the `shared` mode's one consumer for the whole stream; per subject = one ordered consumer per watched subject (the `consumer` mode with one client per subject).\n"));
+        emit("| shape | subjects watched | events taken in /s | deliveries /s | relay CPU % | nats CPU % | nats RSS MiB | consumers | p99 ms | lost | dup |\n|---|---|---|---|---|---|---|---|---|---|---|".to_owned());
+        for watched in [published, published / 10, published / 100] {
+            for &mode in &modes {
+                let (shape, taken_in) = match mode {
+                    "shared" => ("firehose", rate as usize),
+                    _ => ("per subject", rate as usize * watched / published),
+                };
+                let mut nats = Nats::single().await;
+                let relay = Relay::start(&nats.url_list(), 1, mode).await;
+                let load = Load {
+                    clients: watched,
+                    rate,
+                    seconds,
+                    subjects: published,
+                };
+                let row = relay_run_over(
+                    &mut nats,
+                    std::slice::from_ref(&relay),
+                    mode.to_owned(),
+                    load,
+                    false,
+                )
+                .await;
+                relay.stop().await;
+                nats.stop().await;
+                emit(format!(
+                    "| {shape} | {watched} | {taken_in} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} | {} |",
+                    row.delivered_per_s,
+                    row.relay.as_ref().map_or(0.0, |r| r.cpu),
+                    row.nats_cpu,
+                    row.nats_rss,
+                    row.consumers.map_or("?".to_owned(), |n| n.to_string()),
+                    row.p99,
+                    row.lost,
+                    row.duplicated,
+                ));
+                tally.add("shapes", row.lost, row.duplicated);
+            }
         }
     }
 
