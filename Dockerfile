@@ -20,7 +20,7 @@ LABEL org.opencontainers.image.title="sse-relay" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /sse-relay /usr/local/bin/sse-relay
 USER 65532:65532
-EXPOSE 8080
-ENV RELAY_LISTEN=0.0.0.0:8080
+EXPOSE 8080 9090
+ENV RELAY_LISTEN=0.0.0.0:8080 RELAY_ADMIN_LISTEN=0.0.0.0:9090
 ENTRYPOINT ["/usr/local/bin/sse-relay"]
 CMD ["serve"]

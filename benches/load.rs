@@ -343,6 +343,8 @@ impl Drop for Advisories {
 struct Relay {
     proc: Proc,
     addr: SocketAddr,
+    /// The admin listener: `/metrics` and the probes.
+    admin: SocketAddr,
 }
 
 /// What a row's clients connect to, and what the row measures of it: a relay process, or a
@@ -389,6 +391,7 @@ impl Relay {
             .arg("serve")
             .env("RELAY_NATS_URL", nats_urls)
             .env("RELAY_LISTEN", "127.0.0.1:0")
+            .env("RELAY_ADMIN_LISTEN", "127.0.0.1:0")
             .env("RELAY_LOG", "warn,sse_relay::server=info")
             .env("RELAY_FANOUT", mode)
             .env("RELAY_MAX_CONNECTIONS", "20000")
@@ -407,21 +410,24 @@ impl Relay {
                     continue;
                 };
                 if v["message"] == "listening" {
-                    if let (Some(tx), Some(addr)) = (tx.take(), v["addr"].as_str()) {
-                        tx.send(addr.parse::<SocketAddr>().expect("addr")).ok();
+                    let parse = |field: &str| v[field].as_str()?.parse::<SocketAddr>().ok();
+                    if let (Some(tx), Some(addr), Some(admin)) =
+                        (tx.take(), parse("addr"), parse("admin"))
+                    {
+                        tx.send((addr, admin)).ok();
                     }
                 } else if v["level"] == "WARN" || v["level"] == "ERROR" {
                     eprintln!("  [relay] {} {}", v["message"], v["error"]);
                 }
             }
         });
-        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+        let (addr, admin) = tokio::time::timeout(Duration::from_secs(30), rx)
             .await
             .expect("relay listens")
             .expect("relay address");
-        let relay = Relay { proc, addr };
+        let relay = Relay { proc, addr, admin };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while http_status(addr, "/readyz").await != Some(200) {
+        while http_status(admin, "/readyz").await != Some(200) {
             assert!(Instant::now() < deadline, "relay not ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -429,7 +435,7 @@ impl Relay {
     }
 
     async fn metric(&self, series: &str) -> f64 {
-        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.addr)).await else {
+        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.admin)).await else {
             return 0.0;
         };
         let text = response.text().await.unwrap_or_default();

@@ -1,6 +1,6 @@
 //! The command line (`docs/api.md` §2).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,4 +48,13 @@ pub struct DemoArgs {
     /// Average pause between two pipeline steps (humantime, e.g. 750ms, 2s).
     #[arg(long, default_value = "750ms", value_parser = humantime::parse_duration)]
     pub pace: std::time::Duration,
+}
+
+/// Parses the command line; `serve --help` ends with `variables` (every configuration variable
+/// and its default, from [`crate::config::Config::variables_help`]).
+pub fn parse(variables: &str) -> Cli {
+    let command =
+        Cli::command().mut_subcommand("serve", |serve| serve.after_help(variables.to_owned()));
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::jetstream::{stream_definition, StreamSettings};
 
@@ -16,7 +16,7 @@ use crate::jetstream::{stream_definition, StreamSettings};
 pub const ENV_PREFIX: &str = "RELAY_";
 
 /// Who may open a stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Anyone who can reach the relay may subscribe to any valid id.
@@ -27,7 +27,7 @@ pub enum AuthMode {
 }
 
 /// How events reach clients (`docs/api.md` §1, `RELAY_FANOUT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FanoutMode {
     /// One ordered JetStream consumer per SSE connection.
@@ -38,7 +38,7 @@ pub enum FanoutMode {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One JSON object per line, for log collectors.
@@ -50,10 +50,12 @@ pub enum LogFormat {
 
 /// The relay's whole configuration. Field names are the variable names without `RELAY_`,
 /// lower-cased (envy's convention).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `/metrics`, `/healthz` and `/readyz`, apart from the public API.
+    pub admin_listen: SocketAddr,
     pub fanout: FanoutMode,
     /// Shared mode: recent events (all subjects) each replica keeps for catch-ups.
     pub ring_events: usize,
@@ -102,6 +104,7 @@ impl Default for Config {
         let stream = stream_definition();
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             fanout: FanoutMode::Consumer,
             ring_events: 10_000,
             ring_bytes: 32 * 1024 * 1024,
@@ -269,6 +272,123 @@ impl Config {
     }
 }
 
+/// A `RELAY_*` variable the relay does not read, and the known name closest to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownVariable {
+    pub name: String,
+    pub closest: Option<&'static str>,
+}
+
+/// What each variable means, for `sse-relay serve --help` (`docs/api.md` §3 has the long form).
+/// A unit test checks that it names every field of [`Config`] and nothing else.
+const VARIABLES: &[(&str, &str)] = &[
+    (
+        "RELAY_LISTEN",
+        "public HTTP listener: the API and the board",
+    ),
+    (
+        "RELAY_ADMIN_LISTEN",
+        "admin listener: /metrics, /healthz, /readyz",
+    ),
+    (
+        "RELAY_FANOUT",
+        "consumer (a consumer per connection) or shared (a live tail per replica)",
+    ),
+    (
+        "RELAY_RING_EVENTS",
+        "shared mode: recent events kept for catch-ups",
+    ),
+    (
+        "RELAY_RING_BYTES",
+        "shared mode: memory budget of those events, in bytes",
+    ),
+    (
+        "RELAY_CLIENT_BACKLOG",
+        "shared mode: live events a client may have queued",
+    ),
+    ("RELAY_NATS_URL", "comma-separated NATS URLs"),
+    ("RELAY_NATS_CREDS", "NATS credentials file"),
+    ("RELAY_NATS_TOKEN", "NATS token"),
+    ("RELAY_NATS_CA", "CA file for NATS over TLS"),
+    ("RELAY_STREAM", "JetStream stream name"),
+    (
+        "RELAY_STREAM_MANAGE",
+        "create/update the stream at start-up",
+    ),
+    ("RELAY_STREAM_REPLICAS", "stream replicas (1-5)"),
+    ("RELAY_STREAM_MAX_AGE", "retention"),
+    (
+        "RELAY_STREAM_MAX_MSGS_PER_SUBJECT",
+        "retention per subject (-1: unlimited)",
+    ),
+    ("RELAY_STREAM_MAX_CONSUMERS", "consumers the stream allows"),
+    ("RELAY_MAX_CONNECTIONS", "SSE connections per replica"),
+    (
+        "RELAY_MAX_CONNECTIONS_PER_KEY",
+        "SSE connections per subject per replica",
+    ),
+    (
+        "RELAY_HEARTBEAT",
+        "heartbeat comment interval on idle streams",
+    ),
+    ("RELAY_RETRY", "retry: advice (sent with +-50% jitter)"),
+    ("RELAY_DRAIN_TIMEOUT", "how long a SIGTERM drain may take"),
+    (
+        "RELAY_WRITE_TIMEOUT",
+        "a connection whose writes stall this long is closed",
+    ),
+    ("RELAY_AUTH", "none or jwt"),
+    ("RELAY_JWT_SECRET", "HS256 secret"),
+    ("RELAY_JWT_PUBLIC_KEY_FILE", "RS256/ES256 public key (PEM)"),
+    ("RELAY_JWT_AUDIENCE", "required aud claim"),
+    (
+        "RELAY_CORS_ORIGINS",
+        "comma-separated allowed origins (empty: same-origin only)",
+    ),
+    ("RELAY_LOG", "tracing filter"),
+    ("RELAY_LOG_FORMAT", "json or pretty"),
+];
+
+impl Config {
+    /// The `RELAY_*` variables among `vars` that configure nothing (a typo such as
+    /// `RELAY_HEARTBEATS`), each with the closest known name when one is close.
+    pub fn unknown_variables(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Vec<UnknownVariable> {
+        vars.into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| name.starts_with(ENV_PREFIX))
+            .filter(|name| VARIABLES.iter().all(|(known, _)| known != name))
+            .map(|name| {
+                let closest = VARIABLES
+                    .iter()
+                    .map(|(known, _)| (*known, strsim::jaro_winkler(&name, known)))
+                    .filter(|(_, score)| *score >= 0.9)
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(known, _)| known);
+                UnknownVariable { name, closest }
+            })
+            .collect()
+    }
+
+    /// Every variable, its default and what it means: the text `sse-relay serve --help` ends with.
+    pub fn variables_help() -> String {
+        let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+        let mut help = String::from("Configuration (environment variables, [default]):\n");
+        for (name, meaning) in VARIABLES {
+            let field = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+            let default = match defaults.get(&field) {
+                Some(serde_json::Value::String(s)) if s.is_empty() => "empty".to_owned(),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None => "unset".to_owned(),
+                Some(other) => other.to_string(),
+            };
+            help.push_str(&format!("  {name:<34} {meaning} [{default}]\n"));
+        }
+        help
+    }
+}
+
 fn split_list(s: &str) -> Vec<String> {
     s.split(',')
         .map(str::trim)
@@ -293,6 +413,68 @@ fn name_the_culprit(vars: &[(String, String)], err: envy::Error) -> ConfigError 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_field_is_a_listed_variable_and_nothing_else_is() {
+        let fields = serde_json::to_value(Config::default()).expect("serialize");
+        let mut fields: Vec<String> = fields
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(|k| format!("{ENV_PREFIX}{}", k.to_ascii_uppercase()))
+            .collect();
+        let mut listed: Vec<String> = VARIABLES.iter().map(|(n, _)| n.to_string()).collect();
+        fields.sort();
+        listed.sort();
+        assert_eq!(fields, listed);
+    }
+
+    #[test]
+    fn unknown_variables_are_named_with_the_closest_known_one() {
+        let unknown = Config::unknown_variables(vars(&[
+            ("RELAY_HEARTBEATS", "5s"),
+            ("RELAY_HEARTBEAT", "5s"),
+            ("RELAY_ADMIN_LISTN", "[::]:9090"),
+            ("RELAY_SOMETHING_ELSE", "1"),
+            ("HOME", "/root"),
+        ]));
+        assert_eq!(
+            unknown,
+            vec![
+                UnknownVariable {
+                    name: "RELAY_HEARTBEATS".into(),
+                    closest: Some("RELAY_HEARTBEAT")
+                },
+                UnknownVariable {
+                    name: "RELAY_ADMIN_LISTN".into(),
+                    closest: Some("RELAY_ADMIN_LISTEN")
+                },
+                UnknownVariable {
+                    name: "RELAY_SOMETHING_ELSE".into(),
+                    closest: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_help_lists_every_variable_with_its_default() {
+        let help = Config::variables_help();
+        for (name, _) in VARIABLES {
+            assert!(help.contains(name), "{name} missing from:\n{help}");
+        }
+        assert!(help.contains("RELAY_ADMIN_LISTEN"));
+        assert!(help.contains("[0.0.0.0:9090]"), "{help}");
+        assert!(help.contains("[25s]"), "{help}");
+        assert!(help.contains("[consumer]"), "{help}");
+    }
+
+    #[test]
+    fn the_admin_listener_defaults_to_port_9090_and_is_configurable() {
+        assert_eq!(Config::default().admin_listen.to_string(), "0.0.0.0:9090");
+        let c = Config::from_vars(vars(&[("RELAY_ADMIN_LISTEN", "[::]:9191")])).expect("config");
+        assert_eq!(c.admin_listen.to_string(), "[::]:9191");
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -2,15 +2,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use sse_relay::cli::{Cli, Command};
+use sse_relay::cli::Command;
 use sse_relay::config::Config;
 use sse_relay::{demo, publish, server, telemetry};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = sse_relay::cli::parse(&Config::variables_help());
     let mut config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
@@ -37,6 +36,21 @@ fn main() -> ExitCode {
     if let Err(err) = telemetry {
         eprintln!("sse-relay: configuration error: {err}");
         return ExitCode::from(2);
+    }
+    for unknown in Config::unknown_variables(std::env::vars()) {
+        match unknown.closest {
+            Some(closest) => tracing::warn!(
+                variable = %unknown.name,
+                closest,
+                "unknown configuration variable {} ignored; did you mean {closest}?",
+                unknown.name
+            ),
+            None => tracing::warn!(
+                variable = %unknown.name,
+                "unknown configuration variable {} ignored",
+                unknown.name
+            ),
+        }
     }
     let code = runtime.block_on(async move {
         match cli.command {
@@ -84,6 +98,11 @@ async fn run_publish(config: Config, args: sse_relay::cli::PublishArgs) -> ExitC
 
 async fn run_demo(mut config: Config, args: sse_relay::cli::DemoArgs) -> ExitCode {
     let shutdown = on_signals();
+    if std::env::var_os("RELAY_ADMIN_LISTEN").is_none() {
+        // A demo on a laptop: metrics and probes on a free loopback port, not 9090 on every
+        // interface.
+        config.admin_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    }
     let child = if std::env::var_os("RELAY_NATS_URL").is_none() {
         match demo::ChildNats::start().await {
             Ok(child) => {

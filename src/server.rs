@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, FanoutMode};
 use crate::fanout::{Fanout, LiveTail, TailSettings};
-use crate::http::{self, router, AppState, StallGuardedListener};
+use crate::http::{self, admin_router, router, AppState, StallGuardedListener};
 use crate::jetstream::{self, EventStore, ServerTooOld};
 use crate::readiness::Readiness;
 use crate::telemetry::metrics;
@@ -105,14 +105,16 @@ pub async fn serve(
         watcher_stop.clone(),
     ));
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let bind = |addr: std::net::SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { addr, source })
+    };
+    let listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
     let local = listener.local_addr().map_err(ServeError::Http)?;
-    tracing::info!(addr = %local, replica = store.replica_id(), "listening");
+    let admin_local = admin_listener.local_addr().map_err(ServeError::Http)?;
+    tracing::info!(addr = %local, admin = %admin_local, replica = store.replica_id(), "listening");
     tokio::spawn(announce_when_ready(
         readiness.clone(),
         shutdown.clone(),
@@ -121,7 +123,16 @@ pub async fn serve(
     ));
 
     let stop_http = CancellationToken::new();
+    let stop_admin = CancellationToken::new();
     let listener = StallGuardedListener::new(listener, config.write_timeout);
+    let admin_listener = StallGuardedListener::new(admin_listener, config.write_timeout);
+    let admin = tokio::spawn(http::serve(
+        admin_listener,
+        admin_router(state.clone()),
+        stop_admin.clone(),
+    ));
+    // Stops the admin listener however `serve` returns; it answers `/readyz` (503) during a drain.
+    let _admin_guard = stop_admin.clone().drop_guard();
     // Its own task: it must keep accepting (and refusing with 503) while the drain runs.
     let mut server = tokio::spawn(http::serve(listener, router(state), stop_http.clone()));
 
@@ -163,6 +174,10 @@ pub async fn serve(
         }
     }
     store.finish_deletions(deadline).await;
+    stop_admin.cancel();
+    if tokio::time::timeout_at(deadline, admin).await.is_err() {
+        tracing::warn!("the admin listener did not stop before the drain timeout");
+    }
     tracing::info!("drained");
     let flushing = tokio::task::spawn_blocking(crate::telemetry::flush);
     if tokio::time::timeout_at(deadline, flushing).await.is_err() {

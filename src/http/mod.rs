@@ -94,7 +94,6 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(board::board))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         .route(
             "/v1/deployments/{id}/timeline",
             get(timeline::deployment_timeline),
@@ -115,6 +114,21 @@ pub fn router(state: AppState) -> Router {
         app = app.layer(cors);
     }
     app.layer(axum::middleware::from_fn(middleware::limit_sizes))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .with_state(state)
+}
+
+/// The admin listener's routes (`RELAY_ADMIN_LISTEN`, `docs/api.md` §3): metrics and probes,
+/// kept off the public port so an Ingress never exposes `/metrics`. The probes answer on the
+/// public port too, for load balancers that check the port they send traffic to.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(middleware::limit_sizes))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .with_state(state)
 }

@@ -32,13 +32,13 @@ test("the page reconnects through nginx to the other replica after a SIGKILL and
     await until("some events", async () => (await page.evaluate(() => window.relayLog.length)) >= 8);
 
     // Kill the replica that holds the browser's connection.
-    const counts = await Promise.all(relays.map((r) => openConnections(r.base, "multi")));
+    const counts = await Promise.all(relays.map((r) => openConnections(r, "multi")));
     const serving = counts.indexOf(1);
     assert.notEqual(serving, -1, `one replica serves the page (${counts})`);
     const before = await page.evaluate(() => window.relayLog.length);
     await stop(relays[serving].child, "SIGKILL");
     const survivor = relays[1 - serving];
-    await until("reconnected to the survivor", async () => (await openConnections(survivor.base, "multi")) === 1);
+    await until("reconnected to the survivor", async () => (await openConnections(survivor, "multi")) === 1);
     await until("events after the kill", async () => (await page.evaluate(() => window.relayLog.length)) > before + 5);
     assert.equal(await page.evaluate(() => window.relayMode), "live");
 

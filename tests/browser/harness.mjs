@@ -63,22 +63,23 @@ export async function startNats() {
 /** Starts `sse-relay serve` and resolves once it listens and is ready. */
 export async function startRelay(natsUrl, env = {}) {
   const child = start(RELAY_BIN, ["serve"], {
-    RELAY_NATS_URL: natsUrl, RELAY_LISTEN: "127.0.0.1:0", RELAY_LOG: "warn,sse_relay=info",
-    RELAY_LOG_FORMAT: "json", ...env,
+    RELAY_NATS_URL: natsUrl, RELAY_LISTEN: "127.0.0.1:0", RELAY_ADMIN_LISTEN: "127.0.0.1:0",
+    RELAY_LOG: "warn,sse_relay=info", RELAY_LOG_FORMAT: "json", ...env,
   });
-  const addr = await listeningAddr(child);
-  const base = `http://${addr}`;
-  await until("relay ready", async () => (await fetch(`${base}/readyz`).catch(() => null))?.ok);
-  return { child, base };
+  const log = await listeningLog(child);
+  const base = `http://${log.addr}`;
+  const admin = `http://${log.admin}`;
+  await until("relay ready", async () => (await fetch(`${admin}/readyz`).catch(() => null))?.ok);
+  return { child, base, admin };
 }
 
-function listeningAddr(child) {
+function listeningLog(child) {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("relay did not listen")), WAIT_MS);
     readline.createInterface({ input: child.stderr }).on("line", (line) => {
       try {
         const log = JSON.parse(line);
-        if (log.message === "listening") { clearTimeout(timer); resolve(log.addr); }
+        if (log.message === "listening") { clearTimeout(timer); resolve(log); }
       } catch {}
     });
   });
@@ -90,7 +91,7 @@ export async function startPipeline(natsUrl) {
     RELAY_NATS_URL: natsUrl, RELAY_LISTEN: "127.0.0.1:0", RELAY_LOG: "warn",
   });
   child.stdout.resume();
-  await listeningAddr(child).catch(() => {}); // logs at warn: just give it a moment to start
+  await listeningLog(child).catch(() => {}); // logs at warn: just give it a moment to start
   return child;
 }
 
@@ -143,9 +144,9 @@ export async function stop(child, signal = "SIGTERM") {
   await Promise.race([child.exited, sleep(WAIT_MS)]);
 }
 
-/** Open SSE connections on a relay, from its metrics. */
-export async function openConnections(base, kind) {
-  const text = await (await fetch(`${base}/metrics`)).text();
+/** Open SSE connections on a relay, from its metrics (on its admin listener). */
+export async function openConnections(relay, kind) {
+  const text = await (await fetch(`${relay.admin}/metrics`)).text();
   const line = text.split("\n").find((l) => l.startsWith(`relay_connections{kind="${kind}"}`));
   return line ? Number(line.split(" ").pop()) : 0;
 }

@@ -171,17 +171,25 @@ async fn hs256_tokens_are_checked_and_scoped() {
         (403, "forbidden".into())
     );
 
-    // Operations endpoints need no token.
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    // Operations endpoints need no token: all three on the admin listener, the probes on the
+    // public one too.
+    for url in [
+        relay.admin_url("/healthz"),
+        relay.admin_url("/readyz"),
+        relay.admin_url("/metrics"),
+        relay.url("/healthz"),
+        relay.url("/readyz"),
+    ] {
         assert_eq!(
             http()
-                .get(relay.url(path))
+                .get(&url)
                 .send()
                 .await
                 .expect("req")
                 .status()
                 .as_u16(),
-            200
+            200,
+            "{url}"
         );
     }
 }

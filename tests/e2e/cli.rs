@@ -117,3 +117,29 @@ async fn publish_prints_sequences_and_deduplicates() {
         "nothing stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_help_lists_every_variable_with_its_default() {
+    let out = relay_cmd(&["serve", "--help"], &[]).await;
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (name, default) in [
+        ("RELAY_LISTEN", "[0.0.0.0:8080]"),
+        ("RELAY_ADMIN_LISTEN", "[0.0.0.0:9090]"),
+        ("RELAY_FANOUT", "[consumer]"),
+        ("RELAY_NATS_URL", "[nats://127.0.0.1:4222]"),
+        ("RELAY_HEARTBEAT", "[25s]"),
+        ("RELAY_RETRY", "[2s]"),
+        ("RELAY_DRAIN_TIMEOUT", "[20s]"),
+        ("RELAY_MAX_CONNECTIONS", "[10000]"),
+        ("RELAY_MAX_CONNECTIONS_PER_KEY", "[100]"),
+        ("RELAY_AUTH", "[none]"),
+        ("RELAY_JWT_SECRET", "[unset]"),
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{help}"));
+        assert!(line.ends_with(default), "{name}: {line}");
+    }
+}

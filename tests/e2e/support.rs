@@ -381,10 +381,13 @@ macro_rules! both_modes {
     };
 }
 
-/// A relay process (`sse-relay serve`) on a free port.
+/// A relay process (`sse-relay serve`) on free ports.
 pub struct Relay {
     child: Child,
+    /// The public listener (`RELAY_LISTEN`): the API and the board.
     pub addr: SocketAddr,
+    /// The admin listener (`RELAY_ADMIN_LISTEN`): `/metrics`, `/healthz`, `/readyz`.
+    pub admin: SocketAddr,
 }
 
 impl Relay {
@@ -396,6 +399,7 @@ impl Relay {
             .env_clear()
             .env("RELAY_NATS_URL", nats_url)
             .env("RELAY_LISTEN", "127.0.0.1:0")
+            .env("RELAY_ADMIN_LISTEN", "127.0.0.1:0")
             .env("RELAY_LOG", "info,async_nats=warn")
             .env("RELAY_LOG_FORMAT", "json")
             .stdin(Stdio::null())
@@ -420,11 +424,11 @@ impl Relay {
                 eprintln!("[relay] {line}");
             }
         });
-        let addr = timeout(WAIT, rx)
+        let (addr, admin) = timeout(WAIT, rx)
             .await
             .expect("relay listening in time")
             .expect("relay printed its address");
-        Relay { child, addr }
+        Relay { child, addr, admin }
     }
 
     /// Starts `serve` and waits until `/readyz` is 200.
@@ -482,8 +486,14 @@ impl Relay {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The admin listener's URL of `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// `/readyz` on the admin listener.
     pub async fn readyz(&self) -> u16 {
-        match http().get(self.url("/readyz")).send().await {
+        match http().get(self.admin_url("/readyz")).send().await {
             Ok(r) => r.status().as_u16(),
             Err(_) => 0,
         }
@@ -519,7 +529,7 @@ impl Relay {
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         http()
-            .get(self.url("/metrics"))
+            .get(self.admin_url("/metrics"))
             .send()
             .await
             .expect("metrics")
@@ -544,12 +554,16 @@ impl Relay {
     }
 }
 
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+/// The public and admin addresses of the relay's `listening` log line.
+fn listening_addr(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     if v.get("message")?.as_str()? != "listening" {
         return None;
     }
-    v.get("addr")?.as_str()?.parse().ok()
+    Some((
+        v.get("addr")?.as_str()?.parse().ok()?,
+        v.get("admin")?.as_str()?.parse().ok()?,
+    ))
 }
 
 pub fn http() -> reqwest::Client {

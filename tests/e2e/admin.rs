@@ -1,0 +1,108 @@
+//! The admin listener (`RELAY_ADMIN_LISTEN`): metrics and probes apart from the public API, and
+//! configuration typos named at start-up.
+
+use sse_relay::sse::SseItem;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_on_the_admin_listener_only() {
+    let nats = Nats::start().await;
+    let relay = Relay::start(&nats.url(), &[]).await;
+    assert_ne!(relay.addr.port(), relay.admin.port());
+
+    let response = http()
+        .get(relay.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("admin /metrics");
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.expect("body");
+    assert!(
+        sample_opt(&text, "relay_nats_connected") == Some(1.0),
+        "{text}"
+    );
+
+    // The public listener does not serve metrics: an Ingress in front of it cannot leak them.
+    let (status, body) = get_json(&relay.url("/metrics")).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "not_found");
+
+    // Probes answer on both; the API only on the public one.
+    for url in [
+        relay.admin_url("/healthz"),
+        relay.admin_url("/readyz"),
+        relay.url("/healthz"),
+        relay.url("/readyz"),
+    ] {
+        assert_eq!(get_json(&url).await.0, 200, "{url}");
+    }
+    let (status, body) = get_json(&relay.admin_url("/v1/deployments/d-1/timeline")).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "not_found");
+    let (status, _) = get_json(&relay.url("/v1/deployments/d-1/timeline")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_replica_says_so_on_the_admin_listener() {
+    let nats = Nats::start().await;
+    let mut relay = Relay::start(&nats.url(), &[("RELAY_DRAIN_TIMEOUT", "4s")]).await;
+    // An open stream keeps the drain going long enough to read /readyz during it.
+    let mut client = SseClient::connect(&relay.url("/v1/deployments/d-1/events"), None).await;
+    relay
+        .wait_metric("relay_connections{kind=\"deployment\"}", 1.0)
+        .await;
+    relay.sigterm();
+    relay.wait_ready_status(503).await;
+    let (status, body) = get_json(&relay.admin_url("/readyz")).await;
+    assert_eq!((status, body["reason"].as_str()), (503, Some("draining")));
+    // The client is told to go elsewhere, then the process exits cleanly.
+    loop {
+        match client.next_item().await {
+            Some(SseItem::Event(e)) if e.event == "relay.drain" => break,
+            Some(_) => continue,
+            None => panic!("stream ended without relay.drain"),
+        }
+    }
+    assert!(relay.wait_exit().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_variable_is_named_with_the_closest_known_one() {
+    let nats = Nats::start().await;
+    // A port already taken: the relay warns about the typo, then fails to listen and exits.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("addr").to_string();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sse-relay"));
+    command
+        .arg("serve")
+        .env_clear()
+        .env("RELAY_NATS_URL", nats.url())
+        .env("RELAY_LISTEN", &taken)
+        .env("RELAY_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RELAY_LOG", "warn")
+        .env("RELAY_HEARTBEATS", "5s");
+    let out = tokio::time::timeout(WAIT, command.output())
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    assert!(!out.status.success(), "the taken port stops it");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warning = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["variable"] == "RELAY_HEARTBEATS")
+        .unwrap_or_else(|| panic!("no warning naming RELAY_HEARTBEATS in:\n{stderr}"));
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["closest"], "RELAY_HEARTBEAT");
+    let message = warning["message"].as_str().expect("message");
+    assert!(
+        message.contains("RELAY_HEARTBEATS") && message.contains("did you mean RELAY_HEARTBEAT?"),
+        "{message}"
+    );
+    assert!(
+        stderr.contains(&taken),
+        "names the address it cannot listen on: {stderr}"
+    );
+}
