@@ -7,6 +7,7 @@ pub mod demo;
 pub mod fanout;
 pub mod http;
 pub mod jetstream;
+pub mod open_files;
 pub mod publish;
 pub mod readiness;
 pub mod server;

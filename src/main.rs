@@ -65,6 +65,7 @@ fn main() -> ExitCode {
 }
 
 async fn run_serve(config: Config) -> ExitCode {
+    sse_relay::open_files::raise_and_report(config.max_connections);
     let shutdown = on_signals();
     match server::serve(config, shutdown, |_| {}).await {
         Ok(()) => ExitCode::SUCCESS,

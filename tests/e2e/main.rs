@@ -21,6 +21,7 @@ mod limits;
 mod metrics;
 mod nats_restart;
 mod otlp;
+mod process;
 mod resume;
 mod shared_fanout;
 mod slow_client;
