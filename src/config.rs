@@ -79,6 +79,13 @@ pub struct Config {
     pub stream_max_consumers: i32,
     pub max_connections: usize,
     pub max_connections_per_key: usize,
+    /// TCP connections the public listener holds besides `max_connections` streams: requests in
+    /// progress, timeline polls, idle keep-alive connections, clients still sending a head.
+    pub max_pending_connections: usize,
+    /// Time a connection has to send a request head (also an idle keep-alive connection's next
+    /// one) before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
     #[serde(with = "humantime_serde")]
@@ -121,6 +128,8 @@ impl Default for Config {
             stream_max_consumers: stream.max_consumers,
             max_connections: 10_000,
             max_connections_per_key: 100,
+            max_pending_connections: 1000,
+            header_read_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(25),
             retry: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(20),
@@ -188,6 +197,7 @@ impl Config {
         nonzero("RELAY_RETRY", self.retry)?;
         nonzero("RELAY_DRAIN_TIMEOUT", self.drain_timeout)?;
         nonzero("RELAY_WRITE_TIMEOUT", self.write_timeout)?;
+        nonzero("RELAY_HEADER_READ_TIMEOUT", self.header_read_timeout)?;
         if self.nats_urls().is_empty() {
             return Err(ConfigError::new("RELAY_NATS_URL", "no NATS URL given"));
         }
@@ -229,6 +239,12 @@ impl Config {
         if self.max_connections == 0 {
             return Err(ConfigError::new(
                 "RELAY_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
+        }
+        if self.max_pending_connections == 0 {
+            return Err(ConfigError::new(
+                "RELAY_MAX_PENDING_CONNECTIONS",
                 "must be at least 1",
             ));
         }
@@ -326,6 +342,14 @@ const VARIABLES: &[(&str, &str)] = &[
     (
         "RELAY_MAX_CONNECTIONS_PER_KEY",
         "SSE connections per subject per replica",
+    ),
+    (
+        "RELAY_MAX_PENDING_CONNECTIONS",
+        "other TCP connections per replica (polls, heads, idle)",
+    ),
+    (
+        "RELAY_HEADER_READ_TIMEOUT",
+        "time to send a request head (or the next one on keep-alive)",
     ),
     (
         "RELAY_HEARTBEAT",

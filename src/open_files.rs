@@ -16,6 +16,8 @@ pub struct OpenFiles {
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; what it was and is.
+// `rlim_t` is `u64` on Linux but not on every platform libc supports.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise() -> std::io::Result<OpenFiles> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -16,10 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, FanoutMode};
 use crate::fanout::{Fanout, LiveTail, TailSettings};
-use crate::http::{self, admin_router, router, AppState, StallGuardedListener};
+use crate::http::{self, admin_router, router, AppState, ServeSettings, StallGuardedListener};
 use crate::jetstream::{self, EventStore, ServerTooOld};
 use crate::readiness::Readiness;
 use crate::telemetry::metrics;
+
+/// Connections the admin listener holds at once: probes and a few scrapers.
+const ADMIN_CONNECTIONS: usize = 64;
 
 /// Why a replica stopped other than by being asked to.
 #[derive(Debug, thiserror::Error)]
@@ -129,12 +132,28 @@ pub async fn serve(
     let admin = tokio::spawn(http::serve(
         admin_listener,
         admin_router(state.clone()),
+        ServeSettings {
+            header_read_timeout: config.header_read_timeout,
+            max_connections: ADMIN_CONNECTIONS,
+        },
         stop_admin.clone(),
     ));
     // Stops the admin listener however `serve` returns; it answers `/readyz` (503) during a drain.
     let _admin_guard = stop_admin.clone().drop_guard();
     // Its own task: it must keep accepting (and refusing with 503) while the drain runs.
-    let mut server = tokio::spawn(http::serve(listener, router(state), stop_http.clone()));
+    let public = ServeSettings {
+        header_read_timeout: config.header_read_timeout,
+        max_connections: config
+            .max_connections
+            .saturating_add(config.max_pending_connections)
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
+    };
+    let mut server = tokio::spawn(http::serve(
+        listener,
+        router(state),
+        public,
+        stop_http.clone(),
+    ));
 
     tokio::select! {
         result = &mut server => {

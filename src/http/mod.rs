@@ -28,7 +28,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 pub use limits::ConnectionLimits;
-pub use serve::serve;
+pub use serve::{serve, ServeSettings};
 pub use stall::StallGuardedListener;
 
 use crate::config::{Config, ConfigError};

@@ -5,31 +5,71 @@
 //! which costs about 7 KiB more per idle connection than an HTTP/1 connection alone (17.5 vs
 //! 10.4 KiB measured with 3,000 idle streams) — a third of an SSE connection's memory. The
 //! relay speaks HTTP/1.1 only (browsers reach it through an ingress), so it serves that alone.
+//!
+//! Two bounds keep sockets that never become streams from piling up (`docs/api.md` §3): a
+//! request head (and an idle keep-alive connection's next one) must arrive within
+//! `RELAY_HEADER_READ_TIMEOUT`, and the listener holds at most a fixed number of TCP
+//! connections — SSE streams and the rest together — answering any beyond it with a 503.
 
 use std::io;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::serve::Listener;
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::StallGuardedListener;
+use crate::telemetry::metrics::CONNECTIONS_REJECTED;
+
+/// How one listener treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeSettings {
+    /// Time allowed for a request head, counted from when the connection waits for one.
+    pub header_read_timeout: Duration,
+    /// TCP connections the listener holds at once.
+    pub max_connections: usize,
+}
+
+/// What a connection over the listener's bound is told before it is closed.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 79\r\n\r\n\
+{\"error\":\"not_ready\",\"message\":\"this replica holds its maximum of connections\"}";
 
 /// Serves `router` on `listener` until `stop`; then stops accepting, lets each open connection
 /// finish its response (SSE streams end themselves in a drain) and returns once all are closed.
 pub async fn serve(
     mut listener: StallGuardedListener,
     router: Router,
+    settings: ServeSettings,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let connections = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
+    let capacity = Arc::new(Semaphore::new(settings.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (mut stream, _peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
+        };
+        let Ok(permit) = capacity.clone().try_acquire_owned() else {
+            metrics::counter!(CONNECTIONS_REJECTED, "reason" => "connection_limit").increment(1);
+            tokio::spawn(async move {
+                // Best effort, and never waiting long on a client that does not read.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    stream.write_all(OVER_CAPACITY).await?;
+                    stream.shutdown().await
+                })
+                .await;
+            });
+            continue;
         };
         let service = TowerToHyperService::new(router.clone());
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -37,6 +77,7 @@ pub async fn serve(
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

@@ -78,7 +78,7 @@ fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REJECTED,
-        "SSE requests refused, by reason (limit, key_limit, not_ready, draining, unauthorized, forbidden)"
+        "SSE requests refused, by reason (limit, key_limit, not_ready, draining, unauthorized, forbidden), and TCP connections over the listener's bound (connection_limit)"
     );
     describe_counter!(EVENTS_DELIVERED, "Events written to SSE clients");
     describe_counter!(RESUMES, "SSE connections opened with a resume point");
@@ -125,6 +125,7 @@ fn describe() {
     for reason in [
         "limit",
         "key_limit",
+        "connection_limit",
         "not_ready",
         "draining",
         "unauthorized",

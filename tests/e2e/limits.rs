@@ -85,3 +85,112 @@ async fn a_multi_subject_request_needs_a_slot_on_every_key() {
     // The refused request took nothing: d-9 alone is still free.
     let _d9 = SseClient::connect(&relay.url("/v1/deployments/d-9/events"), None).await;
 }
+
+/// A raw TCP connection to `addr` that has sent `bytes`.
+async fn raw_connection(addr: std::net::SocketAddr, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket.write_all(bytes).await.expect("write");
+    socket
+}
+
+/// Everything the relay sends until it closes the connection; panics if it stays open.
+async fn read_until_closed(socket: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(WAIT, socket.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the relay kept the connection open");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_send_a_request_are_closed() {
+    let nats = Nats::start().await;
+    let relay = Relay::start(&nats.url(), &[("RELAY_HEADER_READ_TIMEOUT", "1s")]).await;
+    // Half a request head, then nothing; nothing at all; a finished poll left idle on keep-alive.
+    let mut partial = raw_connection(
+        relay.addr,
+        b"GET /v1/deployments/d-1/events HTTP/1.1\r\nHost: relay\r\n",
+    )
+    .await;
+    let mut silent = raw_connection(relay.addr, b"").await;
+    let mut idle = raw_connection(
+        relay.addr,
+        b"GET /v1/deployments/d-1/timeline HTTP/1.1\r\nHost: relay\r\n\r\n",
+    )
+    .await;
+    let partial = read_until_closed(&mut partial).await;
+    assert!(!partial.contains("200 OK"), "{partial}");
+    assert!(!partial.contains("text/event-stream"), "{partial}");
+    assert_eq!(read_until_closed(&mut silent).await, "");
+    let idle = read_until_closed(&mut idle).await;
+    assert!(
+        idle.starts_with("HTTP/1.1 200 OK"),
+        "the poll was answered: {idle}"
+    );
+    assert!(idle.contains(r#""events":[]"#), "{idle}");
+    // A real client is unaffected.
+    let mut client = SseClient::connect(&relay.url("/v1/deployments/d-1/events"), None).await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let seq = publisher.deploy("d-1", r#"{"n":1}"#).await;
+    assert_eq!(
+        client.next_event().await.id.as_deref(),
+        Some(&*seq.to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_listeners_bound_get_503() {
+    let nats = Nats::start().await;
+    let relay = Relay::start(
+        &nats.url(),
+        &[
+            ("RELAY_MAX_CONNECTIONS", "2"),
+            ("RELAY_MAX_PENDING_CONNECTIONS", "3"),
+            ("RELAY_HEADER_READ_TIMEOUT", "60s"),
+        ],
+    )
+    .await;
+    // Five slow clients take every place (2 streams + 3 pending): accepted in order, they hold
+    // their permits before the sixth is accepted.
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        slow.push(raw_connection(relay.addr, b"GET / HTTP/1.1\r\n").await);
+    }
+    let mut sixth = raw_connection(relay.addr, b"").await;
+    let refused = read_until_closed(&mut sixth).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 5"),
+        "{refused}"
+    );
+    let body = refused.split("\r\n\r\n").nth(1).expect("body");
+    let body: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+    assert_eq!(body["error"], "not_ready");
+    relay
+        .wait_metric(
+            r#"relay_connections_rejected_total{reason="connection_limit"}"#,
+            1.0,
+        )
+        .await;
+    // The admin listener has its own bound: probes still answer.
+    assert_eq!(relay.readyz().await, 200);
+    // Two slow clients leave: their places free up for a stream (retried until the relay has
+    // seen them go — a bounded wait on the relay's own accounting).
+    slow.truncate(3);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let response = http()
+            .get(relay.url("/v1/deployments/d-1/events"))
+            .send()
+            .await;
+        if let Ok(response) = response {
+            if response.status() == 200 {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(slow);
+}
