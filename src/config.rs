@@ -86,6 +86,12 @@ pub struct Config {
     /// one) before it is closed.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Timeline polls a second per client (0: unlimited), and the burst a client may spend.
+    pub timeline_rate: u32,
+    pub timeline_burst: u32,
+    /// The request header a proxy in front of the relay puts the client's address in (its
+    /// right-most entry counts), e.g. `x-forwarded-for`; empty: the TCP peer.
+    pub client_address_header: String,
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
     #[serde(with = "humantime_serde")]
@@ -130,6 +136,9 @@ impl Default for Config {
             max_connections_per_key: 100,
             max_pending_connections: 1000,
             header_read_timeout: Duration::from_secs(10),
+            timeline_rate: 10,
+            timeline_burst: 50,
+            client_address_header: String::new(),
             heartbeat: Duration::from_secs(25),
             retry: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(20),
@@ -242,6 +251,14 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if !self.client_address_header.is_empty()
+            && axum::http::HeaderName::try_from(self.client_address_header.as_str()).is_err()
+        {
+            return Err(ConfigError::new(
+                "RELAY_CLIENT_ADDRESS_HEADER",
+                format!("'{}' is not a header name", self.client_address_header),
+            ));
+        }
         if self.max_pending_connections == 0 {
             return Err(ConfigError::new(
                 "RELAY_MAX_PENDING_CONNECTIONS",
@@ -350,6 +367,18 @@ const VARIABLES: &[(&str, &str)] = &[
     (
         "RELAY_HEADER_READ_TIMEOUT",
         "time to send a request head (or the next one on keep-alive)",
+    ),
+    (
+        "RELAY_TIMELINE_RATE",
+        "timeline polls a second per client (0: unlimited)",
+    ),
+    (
+        "RELAY_TIMELINE_BURST",
+        "timeline polls a client may make at once",
+    ),
+    (
+        "RELAY_CLIENT_ADDRESS_HEADER",
+        "header with the client address behind a proxy (right-most entry), e.g. x-forwarded-for",
     ),
     (
         "RELAY_HEARTBEAT",

@@ -94,6 +94,18 @@ pub async fn serve(
     };
     let state = AppState::new(config.clone(), fanout, readiness.clone(), draining.clone())?;
     let limits = state.limits.clone();
+    tokio::spawn({
+        let (poll_rate, shutdown) = (state.poll_rate.clone(), shutdown.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => poll_rate.forget_idle(),
+                }
+            }
+        }
+    });
 
     let watcher_stop = CancellationToken::new();
     let mut watcher = tokio::spawn(jetstream::watch_stream(

@@ -31,6 +31,8 @@ pub enum ApiError {
         /// The timeline URL to poll instead.
         poll: String,
     },
+    #[error("too many timeline polls from this client; poll again after {retry_after_secs}s")]
+    TooManyPolls { retry_after_secs: u64 },
     #[error("NATS JetStream is not available: {0}")]
     NotReady(String),
     #[error("this replica is shutting down; reconnect")]
@@ -66,7 +68,9 @@ impl ApiError {
             | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyConnections { .. } | ApiError::TooManyPolls { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::NotReady(_) | ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge { status, .. } => *status,
             ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -85,6 +89,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::TooManyConnections { .. } => "too_many_connections",
+            ApiError::TooManyPolls { .. } => "too_many_requests",
             ApiError::NotReady(_) => "not_ready",
             ApiError::Draining => "draining",
             ApiError::TooLarge { .. } => "too_large",
@@ -108,15 +113,18 @@ impl IntoResponse for ApiError {
             poll,
         };
         let mut response = (self.status(), axum::Json(body)).into_response();
-        let retry_after = match self.status() {
-            StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_UNAVAILABLE),
-            StatusCode::TOO_MANY_REQUESTS => Some(RETRY_AFTER_LIMIT),
+        let retry_after = match (&self, self.status()) {
+            (ApiError::TooManyPolls { retry_after_secs }, _) => {
+                Some(HeaderValue::from(*retry_after_secs))
+            }
+            (_, StatusCode::SERVICE_UNAVAILABLE) => {
+                Some(HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE))
+            }
+            (_, StatusCode::TOO_MANY_REQUESTS) => Some(HeaderValue::from_static(RETRY_AFTER_LIMIT)),
             _ => None,
         };
         if let Some(seconds) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, seconds);
         }
         response
     }

@@ -102,3 +102,15 @@ pub fn resume_point(
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }
+
+/// The TCP peer of the request, as the server loop recorded it (none in a test that calls the
+/// router directly).
+pub struct Peer(pub Option<std::net::SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(super::poll_rate::peer_of(&parts.extensions)))
+    }
+}

@@ -10,6 +10,7 @@ mod extract;
 mod health;
 mod limits;
 mod middleware;
+mod poll_rate;
 mod serve;
 mod stall;
 mod stream_body;
@@ -28,6 +29,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 pub use limits::ConnectionLimits;
+pub use poll_rate::PollRate;
 pub use serve::{serve, ServeSettings};
 pub use stall::StallGuardedListener;
 
@@ -45,6 +47,8 @@ pub struct AppState {
     pub next_connection: Arc<AtomicU64>,
     pub readiness: Arc<Readiness>,
     pub limits: Arc<ConnectionLimits>,
+    /// Timeline polls per client.
+    pub poll_rate: Arc<PollRate>,
     pub authorizer: Arc<auth::Authorizer>,
     /// Cancelled when the replica starts draining: each stream then closes at a random moment
     /// within `drain_spread`.
@@ -60,7 +64,20 @@ impl AppState {
         draining: CancellationToken,
     ) -> Result<Self, ConfigError> {
         let authorizer = Arc::new(auth::Authorizer::from_config(&config)?);
+        let address_header = (!config.client_address_header.is_empty())
+            .then(|| HeaderName::try_from(config.client_address_header.as_str()))
+            .transpose()
+            .map_err(|e| ConfigError {
+                variable: "RELAY_CLIENT_ADDRESS_HEADER".into(),
+                reason: e.to_string(),
+            })?;
+        let poll_rate = Arc::new(PollRate::new(
+            config.timeline_rate,
+            config.timeline_burst,
+            address_header,
+        ));
         Ok(Self {
+            poll_rate,
             limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_key),
             // Three quarters of the drain timeout: the rest is for closing and deleting consumers.
             drain_spread: config.drain_timeout.mul_f64(0.75),

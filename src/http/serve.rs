@@ -15,6 +15,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::serve::Listener;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,6 +24,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use super::StallGuardedListener;
 use crate::telemetry::metrics::CONNECTIONS_REJECTED;
@@ -55,7 +57,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout);
     loop {
-        let (mut stream, _peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
@@ -71,7 +73,13 @@ pub async fn serve(
             });
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        // The peer travels on each request (the timeline's per-client poll budget reads it).
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            },
+        ));
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(err) = connection.await {

@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 
 use super::error::ApiError;
-use super::extract::{PathKey, QueryPairs};
+use super::extract::{PathKey, Peer, QueryPairs};
 use super::AppState;
 use crate::jetstream::TimelinePage;
 use crate::subject::{Subject, SubjectSet};
@@ -20,8 +20,9 @@ pub async fn deployment_timeline(
     PathKey(key): PathKey,
     query: QueryPairs,
     headers: HeaderMap,
+    peer: Peer,
 ) -> Result<Json<TimelinePage>, ApiError> {
-    page(state, Subject::deployment(key), query, headers).await
+    page(state, Subject::deployment(key), query, headers, peer).await
 }
 
 pub async fn pavilion_timeline(
@@ -29,8 +30,9 @@ pub async fn pavilion_timeline(
     PathKey(key): PathKey,
     query: QueryPairs,
     headers: HeaderMap,
+    peer: Peer,
 ) -> Result<Json<TimelinePage>, ApiError> {
-    page(state, Subject::pavilion(key), query, headers).await
+    page(state, Subject::pavilion(key), query, headers, peer).await
 }
 
 async fn page(
@@ -38,6 +40,7 @@ async fn page(
     subject: Subject,
     query: QueryPairs,
     headers: HeaderMap,
+    peer: Peer,
 ) -> Result<Json<TimelinePage>, ApiError> {
     let after = query.u64_param("after")?.unwrap_or(0);
     let limit = match query.u64_param("limit")? {
@@ -52,6 +55,8 @@ async fn page(
     state
         .authorizer
         .authorize(&headers, &query, &SubjectSet::one(subject.clone()))?;
+    // Checked once the request is known to be valid and allowed: only real polls spend budget.
+    state.poll_rate.check(peer.0, &headers)?;
     if !state.readiness.nats_connected() {
         return Err(ApiError::NotReady("NATS is disconnected".into()));
     }

@@ -194,3 +194,56 @@ async fn connections_beyond_the_listeners_bound_get_503() {
     }
     drop(slow);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_polls_are_limited_per_client() {
+    let nats = Nats::start().await;
+    let relay = Relay::start(
+        &nats.url(),
+        &[
+            ("RELAY_TIMELINE_RATE", "1"),
+            ("RELAY_TIMELINE_BURST", "3"),
+            ("RELAY_CLIENT_ADDRESS_HEADER", "x-forwarded-for"),
+        ],
+    )
+    .await;
+    let url = relay.url("/v1/deployments/d-1/timeline?after=0");
+    let poll = |client: &'static str| {
+        http()
+            .get(&url)
+            .header("x-forwarded-for", format!("198.51.100.9, {client}"))
+            .send()
+    };
+    // Invalid requests are refused before they spend anything.
+    for _ in 0..5 {
+        let (status, body) = get_json(&relay.url("/v1/deployments/d-1/timeline?limit=0")).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_query"))
+        );
+    }
+    for n in 0..3 {
+        let response = poll("192.0.2.1").await.expect("poll");
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "poll {n} is within the burst"
+        );
+    }
+    let refused = poll("192.0.2.1").await.expect("poll");
+    assert_eq!(refused.status().as_u16(), 429);
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = refused.json().await.expect("JSON");
+    assert_eq!(body["error"], "too_many_requests");
+    // Another client behind the same proxy has its own budget.
+    assert_eq!(
+        poll("192.0.2.2").await.expect("poll").status().as_u16(),
+        200
+    );
+}
