@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics::gauge;
+use tokio::sync::Notify;
 
 use crate::telemetry::metrics::{DRAINING, NATS_CONNECTED};
 
@@ -15,6 +16,8 @@ pub struct Readiness {
     /// Shared mode: the live tail does not know where it starts yet.
     live_tail_pending: AtomicBool,
     draining: AtomicBool,
+    /// Told whenever one of the above changes.
+    changed: Notify,
 }
 
 /// Why the replica is not ready.
@@ -35,20 +38,38 @@ impl Readiness {
         if !connected {
             self.stream_reachable.store(false, Ordering::Relaxed);
         }
+        self.changed.notify_waiters();
     }
 
     pub fn set_stream_reachable(&self, reachable: bool) {
         self.stream_reachable.store(reachable, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     /// Shared mode: whether the live tail is still to start.
     pub fn set_live_tail_pending(&self, pending: bool) {
         self.live_tail_pending.store(pending, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
         gauge!(DRAINING).set(1.0);
+        self.changed.notify_waiters();
+    }
+
+    /// Returns once the replica is ready (at once if it is).
+    pub async fn ready(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the state is read: a change in between still wakes it.
+            changed.as_mut().enable();
+            if self.check().is_ok() {
+                return;
+            }
+            changed.await;
+        }
     }
 
     pub fn nats_connected(&self) -> bool {

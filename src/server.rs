@@ -185,9 +185,7 @@ pub async fn serve(
     tracing::info!(open = limits.active(), timeout = ?config.drain_timeout, "draining");
     // Streams close themselves, spread over three quarters of the timeout.
     let streams_deadline = deadline - config.drain_timeout / 8;
-    while limits.active() > 0 && Instant::now() < streams_deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = tokio::time::timeout_at(streams_deadline, limits.all_closed()).await;
     stop_http.cancel();
     watcher_stop.cancel();
     tail_stop.cancel();
@@ -223,11 +221,8 @@ async fn announce_when_ready(
     local: std::net::SocketAddr,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) {
-    while readiness.check().is_err() {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = readiness.ready() => on_ready(local),
     }
-    on_ready(local);
 }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::Notify;
+
 use crate::subject::{Subject, SubjectSet};
 
 /// Which limit refused a connection.
@@ -20,6 +22,8 @@ pub struct ConnectionLimits {
     max_total: usize,
     max_per_key: usize,
     counts: Mutex<Counts>,
+    /// Told when the last open connection closes (a drain waits for it).
+    emptied: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +38,7 @@ impl ConnectionLimits {
             max_total,
             max_per_key,
             counts: Mutex::new(Counts::default()),
+            emptied: Notify::new(),
         })
     }
 
@@ -68,6 +73,20 @@ impl ConnectionLimits {
         self.lock().total
     }
 
+    /// Returns once no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Registered before the count is read: a close in between still wakes it.
+            emptied.as_mut().enable();
+            if self.active() == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         // A panic while holding this lock cannot leave the counts half-updated (every update
         // is a few integer operations), so a poisoned lock is still usable.
@@ -93,6 +112,9 @@ impl Drop for ConnectionPermit {
                     counts.per_key.remove(subject);
                 }
             }
+        }
+        if counts.total == 0 {
+            self.limits.emptied.notify_waiters();
         }
     }
 }
@@ -129,6 +151,26 @@ mod tests {
         drop(a1);
         assert_eq!(limits.active(), 2);
         let _a3 = limits.acquire(&set(&["a"])).expect("a slot freed");
+    }
+
+    #[tokio::test]
+    async fn all_closed_waits_for_the_last_connection() {
+        let limits = ConnectionLimits::new(3, 3);
+        limits.all_closed().await; // none open
+        let a = limits.acquire(&set(&["a"])).expect("a");
+        let b = limits.acquire(&set(&["b"])).expect("b");
+        let waiter = tokio::spawn({
+            let limits = limits.clone();
+            async move { limits.all_closed().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "b is still open");
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when the last one closed")
+            .expect("task");
     }
 
     #[test]
