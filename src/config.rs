@@ -154,6 +154,15 @@ impl Default for Config {
     }
 }
 
+/// Where `RELAY_AUTH=jwt` finds its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    /// HS256 shared secret.
+    Secret(String),
+    /// RS256 or ES256 public key, PEM.
+    PublicKeyFile(PathBuf),
+}
+
 /// A configuration that cannot be used; the message names the variable at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {reason}")]
@@ -163,7 +172,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(variable: &str, reason: impl Into<String>) -> Self {
+    /// An error naming `variable`.
+    pub fn new(variable: &str, reason: impl Into<String>) -> Self {
         Self {
             variable: variable.to_owned(),
             reason: reason.into(),
@@ -271,16 +281,28 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.auth == AuthMode::Jwt
-            && self.jwt_secret.is_none()
-            && self.jwt_public_key_file.is_none()
-        {
-            return Err(ConfigError::new(
+        self.jwt_key()?;
+        Ok(())
+    }
+
+    /// The key tokens are checked with: none without `RELAY_AUTH=jwt`, else exactly one of
+    /// `RELAY_JWT_SECRET` and `RELAY_JWT_PUBLIC_KEY_FILE`.
+    pub fn jwt_key(&self) -> Result<Option<JwtKey>, ConfigError> {
+        if self.auth == AuthMode::None {
+            return Ok(None);
+        }
+        match (&self.jwt_secret, &self.jwt_public_key_file) {
+            (Some(secret), None) => Ok(Some(JwtKey::Secret(secret.clone()))),
+            (None, Some(path)) => Ok(Some(JwtKey::PublicKeyFile(path.clone()))),
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "RELAY_JWT_SECRET",
+                "set either RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY_FILE, not both",
+            )),
+            (None, None) => Err(ConfigError::new(
                 "RELAY_AUTH",
                 "jwt needs RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY_FILE",
-            ));
+            )),
         }
-        Ok(())
     }
 
     /// The NATS server URLs, split on commas, blanks dropped.

@@ -78,7 +78,7 @@ async fn run_serve(config: Config) -> ExitCode {
 }
 
 async fn run_publish(config: Config, args: sse_relay::cli::PublishArgs) -> ExitCode {
-    let request = match publish::PublishRequest::from_args(args) {
+    let request = match publish::PublishRequest::new(args.into()) {
         Ok(request) => request,
         Err(err) => {
             eprintln!("sse-relay publish: {err}");

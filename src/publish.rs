@@ -4,7 +4,6 @@ use bytes::Bytes;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::cli::PublishArgs;
 use crate::config::Config;
 use crate::jetstream::{self, EventStore, StoreError};
 use crate::subject::{Subject, SubjectKey};
@@ -32,6 +31,16 @@ pub enum PublishInputError {
     EventType,
 }
 
+/// What the caller asks to publish, unchecked (the `publish` command's flags).
+#[derive(Debug, Clone)]
+pub struct PublishInput {
+    pub deployment: String,
+    pub pavilion: Option<String>,
+    pub event_type: String,
+    pub msg_id: Option<String>,
+    pub data: String,
+}
+
 /// The validated request.
 pub struct PublishRequest {
     pub deployment: Subject,
@@ -42,7 +51,7 @@ pub struct PublishRequest {
 }
 
 impl PublishRequest {
-    pub fn from_args(args: PublishArgs) -> Result<Self, PublishInputError> {
+    pub fn new(args: PublishInput) -> Result<Self, PublishInputError> {
         let key = |flag: &'static str, value: String| {
             SubjectKey::parse(&value).map_err(|e| PublishInputError::Id {
                 flag,

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::QueryPairs;
-use crate::config::{AuthMode, Config, ConfigError};
+use crate::config::{Config, ConfigError, JwtKey};
 use crate::subject::SubjectSet;
 
 /// Allowed clock skew for `exp` and `nbf`.
@@ -42,42 +42,31 @@ struct RelayClaim {
 
 impl Authorizer {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        if config.auth == AuthMode::None {
+        let Some(jwt_key) = config.jwt_key()? else {
             return Ok(Authorizer::Open);
-        }
-        let (key, algorithm) = match (&config.jwt_secret, &config.jwt_public_key_file) {
-            (Some(secret), None) => (
+        };
+        let (key, algorithm) = match jwt_key {
+            JwtKey::Secret(secret) => (
                 DecodingKey::from_secret(secret.as_bytes()),
                 Algorithm::HS256,
             ),
-            (None, Some(path)) => {
-                let pem = std::fs::read(path).map_err(|e| ConfigError {
-                    variable: "RELAY_JWT_PUBLIC_KEY_FILE".into(),
-                    reason: format!("cannot read {}: {e}", path.display()),
+            JwtKey::PublicKeyFile(path) => {
+                let pem = std::fs::read(&path).map_err(|e| {
+                    ConfigError::new(
+                        "RELAY_JWT_PUBLIC_KEY_FILE",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
                 })?;
                 if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                     (key, Algorithm::RS256)
                 } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
                     (key, Algorithm::ES256)
                 } else {
-                    return Err(ConfigError {
-                        variable: "RELAY_JWT_PUBLIC_KEY_FILE".into(),
-                        reason: "not an RSA or EC (P-256) public key in PEM format".into(),
-                    });
+                    return Err(ConfigError::new(
+                        "RELAY_JWT_PUBLIC_KEY_FILE",
+                        "not an RSA or EC (P-256) public key in PEM format",
+                    ));
                 }
-            }
-            (Some(_), Some(_)) => {
-                return Err(ConfigError {
-                    variable: "RELAY_JWT_SECRET".into(),
-                    reason: "set either RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY_FILE, not both"
-                        .into(),
-                })
-            }
-            (None, None) => {
-                return Err(ConfigError {
-                    variable: "RELAY_AUTH".into(),
-                    reason: "jwt needs RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY_FILE".into(),
-                })
             }
         };
         let mut validation = Validation::new(algorithm);

@@ -67,10 +67,7 @@ impl AppState {
         let address_header = (!config.client_address_header.is_empty())
             .then(|| HeaderName::try_from(config.client_address_header.as_str()))
             .transpose()
-            .map_err(|e| ConfigError {
-                variable: "RELAY_CLIENT_ADDRESS_HEADER".into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ConfigError::new("RELAY_CLIENT_ADDRESS_HEADER", e.to_string()))?;
         let poll_rate = Arc::new(PollRate::new(
             config.timeline_rate,
             config.timeline_burst,
