@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::jetstream::{stream_definition, StreamSettings};
+/// The stream's name unless `RELAY_STREAM` says otherwise (`nats/stream.json` names it too; a
+/// unit test in `jetstream` keeps them equal).
+pub const DEFAULT_STREAM: &str = "DEPLOY_EVENTS";
 
 /// Prefix of every variable this module reads.
 pub const ENV_PREFIX: &str = "RELAY_";
@@ -70,13 +72,15 @@ pub struct Config {
     pub nats_ca: Option<PathBuf>,
     pub stream: String,
     pub stream_manage: bool,
-    pub stream_replicas: usize,
+    /// The stream's settings the operator overrides; unset ones come from `nats/stream.json`
+    /// when the stream is provisioned (`jetstream::StreamSettings::from_config`).
+    pub stream_replicas: Option<usize>,
     #[serde(with = "humantime_serde")]
-    pub stream_max_age: Duration,
-    pub stream_max_msgs_per_subject: i64,
+    pub stream_max_age: Option<Duration>,
+    pub stream_max_msgs_per_subject: Option<i64>,
     /// Consumers the stream allows: one per open SSE connection on every replica. nats-server
     /// 2.15 otherwise applies a default of 1000 per stream.
-    pub stream_max_consumers: i32,
+    pub stream_max_consumers: Option<i32>,
     pub max_connections: usize,
     pub max_connections_per_key: usize,
     /// TCP connections the public listener holds besides `max_connections` streams: requests in
@@ -114,7 +118,6 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        let stream = stream_definition();
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
@@ -126,12 +129,12 @@ impl Default for Config {
             nats_creds: None,
             nats_token: None,
             nats_ca: None,
-            stream: stream.name.clone(),
+            stream: DEFAULT_STREAM.to_owned(),
             stream_manage: true,
-            stream_replicas: stream.num_replicas,
-            stream_max_age: stream.max_age,
-            stream_max_msgs_per_subject: stream.max_messages_per_subject,
-            stream_max_consumers: stream.max_consumers,
+            stream_replicas: None,
+            stream_max_age: None,
+            stream_max_msgs_per_subject: None,
+            stream_max_consumers: None,
             max_connections: 10_000,
             max_connections_per_key: 100,
             max_pending_connections: 1000,
@@ -231,16 +234,19 @@ impl Config {
                 format!("'{}' is not a valid JetStream stream name", self.stream),
             ));
         }
-        if !(1..=5).contains(&self.stream_replicas) {
+        if self.stream_replicas.is_some_and(|r| !(1..=5).contains(&r)) {
             return Err(ConfigError::new("RELAY_STREAM_REPLICAS", "must be 1 to 5"));
         }
-        if self.stream_max_msgs_per_subject == 0 || self.stream_max_msgs_per_subject < -1 {
+        if self
+            .stream_max_msgs_per_subject
+            .is_some_and(|n| n == 0 || n < -1)
+        {
             return Err(ConfigError::new(
                 "RELAY_STREAM_MAX_MSGS_PER_SUBJECT",
                 "must be a positive count, or -1 for unlimited",
             ));
         }
-        if self.stream_max_consumers < 1 {
+        if self.stream_max_consumers.is_some_and(|n| n < 1) {
             return Err(ConfigError::new(
                 "RELAY_STREAM_MAX_CONSUMERS",
                 "must be a positive count (the server substitutes its own default for -1 or 0)",
@@ -308,17 +314,6 @@ impl Config {
     /// The NATS server URLs, split on commas, blanks dropped.
     pub fn nats_urls(&self) -> Vec<String> {
         split_list(&self.nats_url)
-    }
-
-    /// The stream settings configuration may override.
-    pub fn stream_settings(&self) -> StreamSettings {
-        StreamSettings {
-            name: self.stream.clone(),
-            replicas: self.stream_replicas,
-            max_age: self.stream_max_age,
-            max_msgs_per_subject: self.stream_max_msgs_per_subject,
-            max_consumers: self.stream_max_consumers,
-        }
     }
 
     /// The allowed CORS origins.
@@ -424,6 +419,14 @@ const VARIABLES: &[(&str, &str)] = &[
     ("RELAY_LOG_FORMAT", "json or pretty"),
 ];
 
+/// Variables whose default is the stream definition's (`nats/stream.json`).
+const STREAM_FILE_SETTINGS: &[&str] = &[
+    "RELAY_STREAM_REPLICAS",
+    "RELAY_STREAM_MAX_AGE",
+    "RELAY_STREAM_MAX_MSGS_PER_SUBJECT",
+    "RELAY_STREAM_MAX_CONSUMERS",
+];
+
 impl Config {
     /// The `RELAY_*` variables among `vars` that configure nothing (a typo such as
     /// `RELAY_HEARTBEATS`), each with the closest known name when one is close.
@@ -455,6 +458,9 @@ impl Config {
             let default = match defaults.get(&field) {
                 Some(serde_json::Value::String(s)) if s.is_empty() => "empty".to_owned(),
                 Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None if STREAM_FILE_SETTINGS.contains(name) => {
+                    "nats/stream.json".to_owned()
+                }
                 Some(serde_json::Value::Null) | None => "unset".to_owned(),
                 Some(other) => other.to_string(),
             };
@@ -569,10 +575,11 @@ mod tests {
         assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
         assert_eq!(c.stream, "DEPLOY_EVENTS");
         assert!(c.stream_manage);
-        assert_eq!(c.stream_replicas, 1);
-        assert_eq!(c.stream_max_age, Duration::from_secs(24 * 3600));
-        assert_eq!(c.stream_max_msgs_per_subject, 10_000);
-        assert_eq!(c.stream_max_consumers, 100_000);
+        // Unset: nats/stream.json's values apply (checked in jetstream::provision).
+        assert_eq!(c.stream_replicas, None);
+        assert_eq!(c.stream_max_age, None);
+        assert_eq!(c.stream_max_msgs_per_subject, None);
+        assert_eq!(c.stream_max_consumers, None);
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.max_connections_per_key, 100);
         assert_eq!(c.heartbeat, Duration::from_secs(25));
@@ -594,7 +601,7 @@ mod tests {
         ]))
         .expect("valid");
         assert_eq!(c.heartbeat, Duration::from_secs(90));
-        assert_eq!(c.stream_max_age, Duration::from_secs(7200));
+        assert_eq!(c.stream_max_age, Some(Duration::from_secs(7200)));
         assert_eq!(c.nats_urls(), vec!["nats://a:4222", "nats://b:4222"]);
         assert_eq!(c.log_format, LogFormat::Pretty);
     }

@@ -230,7 +230,7 @@ impl DeploymentRun<'_> {
 pub async fn pipeline_store(config: &Config) -> Result<EventStore, std::io::Error> {
     let client = jetstream::connect(config, |_| {}).await?;
     let store = EventStore::new(client, &config.stream);
-    let settings = config.stream_settings();
+    let settings = jetstream::StreamSettings::from_config(config);
     for _ in 0..50 {
         if store.provision(&settings).await.is_ok() {
             break;

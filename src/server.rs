@@ -110,7 +110,9 @@ pub async fn serve(
     let watcher_stop = CancellationToken::new();
     let mut watcher = tokio::spawn(jetstream::watch_stream(
         store.clone(),
-        config.stream_manage.then(|| config.stream_settings()),
+        config
+            .stream_manage
+            .then(|| jetstream::StreamSettings::from_config(&config)),
         match config.fanout {
             FanoutMode::Consumer => jetstream::CONSUMER_MODE_SERVER,
             FanoutMode::Shared => jetstream::SHARED_MODE_SERVER,

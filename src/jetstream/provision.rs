@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream;
 
 use super::{EventStore, StoreError, API_TIMEOUT};
+use crate::config::Config;
 
 /// `nats/stream.json`, compiled in: operators apply the same file with `nats stream add`.
 const STREAM_JSON: &str = include_str!("../../nats/stream.json");
@@ -32,6 +33,22 @@ pub struct StreamSettings {
 }
 
 impl StreamSettings {
+    /// The configuration's overrides merged with `nats/stream.json`.
+    pub fn from_config(config: &Config) -> Self {
+        let definition = stream_definition();
+        Self {
+            name: config.stream.clone(),
+            replicas: config.stream_replicas.unwrap_or(definition.num_replicas),
+            max_age: config.stream_max_age.unwrap_or(definition.max_age),
+            max_msgs_per_subject: config
+                .stream_max_msgs_per_subject
+                .unwrap_or(definition.max_messages_per_subject),
+            max_consumers: config
+                .stream_max_consumers
+                .unwrap_or(definition.max_consumers),
+        }
+    }
+
     /// The definition with these settings applied.
     pub fn to_stream_config(&self) -> stream::Config {
         stream::Config {
@@ -73,6 +90,24 @@ mod tests {
         assert!(def.duplicate_window > Duration::ZERO);
         // nats-server 2.15 caps streams without an explicit limit at 1000 consumers.
         assert!(def.max_consumers >= 100_000);
+    }
+
+    #[test]
+    fn unset_configuration_takes_the_files_values() {
+        let defaults = StreamSettings::from_config(&Config::default());
+        assert_eq!(defaults.name, stream_definition().name);
+        assert_eq!(defaults.name, crate::config::DEFAULT_STREAM);
+        assert_eq!(defaults.replicas, 1);
+        assert_eq!(defaults.max_age, Duration::from_secs(24 * 3600));
+        assert_eq!(defaults.max_msgs_per_subject, 10_000);
+        assert_eq!(defaults.max_consumers, 100_000);
+        let set = StreamSettings::from_config(&Config {
+            stream_replicas: Some(3),
+            stream_max_age: Some(Duration::from_secs(60)),
+            ..Config::default()
+        });
+        assert_eq!((set.replicas, set.max_age), (3, Duration::from_secs(60)));
+        assert_eq!(set.max_msgs_per_subject, 10_000);
     }
 
     #[test]
