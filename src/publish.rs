@@ -93,7 +93,7 @@ async fn publish_all(
 ) -> Result<PublishReport, StoreError> {
     let client = jetstream::connect(config, |_| {})
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        .map_err(StoreError::unavailable)?;
     let store = EventStore::new(client, &config.stream);
     let deploy = store
         .publish(

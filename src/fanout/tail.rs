@@ -347,9 +347,7 @@ impl LiveTail {
         {
             let mut state = inner.lock();
             if state.ring.is_none() {
-                return Err(StoreError::Unavailable(
-                    "the live tail has not started".into(),
-                ));
+                return Err(StoreError::unavailable("the live tail has not started"));
             }
             for subject in &subjects {
                 state

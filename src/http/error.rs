@@ -133,7 +133,7 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Unavailable(msg) => ApiError::NotReady(msg),
+            StoreError::Unavailable(cause) => ApiError::NotReady(cause.to_string()),
             StoreError::FilterIgnored => {
                 tracing::error!("nats-server ignored consumer filters; refusing to stream");
                 ApiError::Internal

@@ -70,7 +70,7 @@ where
     options
         .connect(urls.as_slice())
         .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
+        .map_err(std::io::Error::other)
 }
 
 /// Checks the version the connected server reported.

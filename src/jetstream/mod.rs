@@ -41,18 +41,23 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// A failed JetStream operation, reduced to what callers act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// NATS or the stream cannot be reached now; try again later.
+    /// NATS or the stream cannot be reached now; try again later. The cause is kept as the
+    /// error's source, so logs and `?` chains show it.
     #[error("JetStream unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] BoxError),
     /// The server accepted a consumer but did not apply its subject filters (nats-server < 2.10);
     /// following it would leak other subjects.
     #[error("server ignored the consumer's subject filters")]
     FilterIgnored,
 }
 
+/// Any error, kept with its type and source chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl StoreError {
-    fn unavailable(err: impl std::fmt::Display) -> Self {
-        StoreError::Unavailable(err.to_string())
+    /// `Unavailable` because of `cause` (an error, or a message where there is none).
+    pub(crate) fn unavailable(cause: impl Into<BoxError>) -> Self {
+        StoreError::Unavailable(cause.into())
     }
 }
 
@@ -103,7 +108,7 @@ impl EventStore {
             .client
             .subscribe(advisory)
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            .map_err(std::io::Error::other)?;
         let on_election = store.clone();
         tokio::spawn(async move {
             use futures::StreamExt;
