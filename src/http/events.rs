@@ -1,4 +1,5 @@
-//! The SSE endpoints: validate, open a client feed at the resume point, stream frames.
+//! The SSE endpoints, thin: each names its subjects; [`open_stream`] admits the request
+//! ([`admission`]) and answers with the stream's body ([`SseBody`]).
 
 use std::collections::VecDeque;
 
@@ -7,20 +8,15 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use metrics::counter;
 
+use super::admission;
 use super::error::ApiError;
 use super::extract::{resume_point, PathKey, QueryPairs};
-use super::limits::{ConnectionPermit, LimitExceeded};
 use super::stream_body::{BodySettings, OpenConnection, SseBody};
 use super::AppState;
-use crate::fanout::Opened;
 use crate::jetstream::Opening;
-use crate::readiness::NotReady;
 use crate::sse;
-use crate::subject::{ResumePoint, Subject, SubjectSet};
-use crate::telemetry::metrics::{CONNECTIONS_REJECTED, RESUMES};
-use crate::telemetry::{self, propagation};
+use crate::subject::{Subject, SubjectSet};
 
 pub async fn deployment_events(
     State(state): State<AppState>,
@@ -61,6 +57,7 @@ pub async fn multi_events(
     open_stream(state, subjects, &query, &headers).await
 }
 
+/// What every SSE endpoint does once it knows its subjects: admission, then the response body.
 async fn open_stream(
     state: AppState,
     subjects: SubjectSet,
@@ -68,15 +65,7 @@ async fn open_stream(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let resume = resume_point(headers, query)?;
-    let opened = admit_and_subscribe(&state, &subjects, query, headers, resume).await;
-    let (permit, opened) = opened.inspect_err(|err| {
-        if let Some(reason) = rejection_reason(err) {
-            counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
-        }
-    })?;
-    if resume.is_some() {
-        counter!(RESUMES).increment(1);
-    }
+    let (permit, opened) = admission::admit(&state, &subjects, query, headers, resume).await?;
     tracing::debug!(subjects = ?subjects.nats_subjects(), resume = ?resume, "stream opened");
 
     let mut first = VecDeque::new();
@@ -84,31 +73,7 @@ async fn open_stream(
     if let Some(opening) = opened.opening {
         first.push_back(opening_frame(opening));
     }
-    let connection_id = state.connection_id();
-    // Only built when spans are exported: nobody would see it otherwise.
-    let connection_span = if !telemetry::exporting() {
-        tracing::Span::none()
-    } else {
-        tracing::info_span!(
-        "sse.connection",
-        otel.kind = "internal",
-        relay.connection_id = %connection_id,
-        relay.subjects = %subjects.nats_subjects().join(","),
-        relay.resume_point = resume.map(|r| r.0),
-        relay.events_delivered = tracing::field::Empty,
-        relay.end_reason = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        )
-    };
-    if let Some(id) = propagation::trace_id(&connection_span) {
-        connection_span.record("trace_id", id);
-    }
-    let open = OpenConnection::new(
-        permit,
-        subjects.kind_label(),
-        connection_span,
-        connection_id,
-    );
+    let open = OpenConnection::new(permit, &subjects, resume, state.connection_id());
     let settings = BodySettings {
         heartbeat: state.config.heartbeat,
         retry: state.config.retry,
@@ -126,56 +91,6 @@ async fn open_stream(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
-}
-
-/// Auth, readiness and limits, in that order, then the consumer: a refused request never
-/// touches NATS, and the permit is taken before the consumer is created.
-async fn admit_and_subscribe(
-    state: &AppState,
-    subjects: &SubjectSet,
-    query: &QueryPairs,
-    headers: &HeaderMap,
-    resume: Option<ResumePoint>,
-) -> Result<(ConnectionPermit, Opened), ApiError> {
-    state.authorizer.authorize(headers, query, subjects)?;
-    state.readiness.check().map_err(|why| match why {
-        NotReady::Draining => ApiError::Draining,
-        NotReady::Unavailable => ApiError::NotReady("NATS or the stream is unreachable".into()),
-        NotReady::LiveTailPending => ApiError::NotReady("the live tail is starting".into()),
-    })?;
-    let permit = state.limits.acquire(subjects).map_err(|over| {
-        let (reason, message, subject) = match over {
-            LimitExceeded::Replica => (
-                "limit",
-                "this replica holds its maximum of connections".to_owned(),
-                subjects.subjects()[0].clone(),
-            ),
-            LimitExceeded::Key(subject) => (
-                "key_limit",
-                format!("too many connections for {subject} on this replica"),
-                subject,
-            ),
-        };
-        let after = resume.map_or(0, |r| r.0);
-        ApiError::TooManyConnections {
-            reason,
-            message: format!("{message}; poll the timeline meanwhile"),
-            poll: format!("{}?after={after}", subject.timeline_path()),
-        }
-    })?;
-    let opened = state.fanout.open(subjects, resume).await?;
-    Ok((permit, opened))
-}
-
-fn rejection_reason(err: &ApiError) -> Option<&'static str> {
-    Some(match err {
-        ApiError::TooManyConnections { reason, .. } => reason,
-        ApiError::NotReady(_) => "not_ready",
-        ApiError::Draining => "draining",
-        ApiError::Unauthorized(_) => "unauthorized",
-        ApiError::Forbidden(_) => "forbidden",
-        _ => return None,
-    })
 }
 
 fn opening_frame(opening: Opening) -> Bytes {

@@ -2,6 +2,7 @@
 //! metrics. Handlers are thin; JetStream work lives in [`crate::jetstream`], the wire format in
 //! [`crate::sse`].
 
+mod admission;
 mod auth;
 mod board;
 mod error;

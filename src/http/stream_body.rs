@@ -27,6 +27,7 @@ use super::limits::ConnectionPermit;
 use crate::fanout::ClientFeed;
 use crate::jetstream::RelayEvent;
 use crate::sse;
+use crate::subject::{ResumePoint, SubjectSet};
 use crate::telemetry::metrics::{CONNECTIONS, DELIVERY_LAG, EVENTS_DELIVERED};
 use crate::telemetry::{self, propagation};
 
@@ -47,13 +48,32 @@ pub struct OpenConnection {
 }
 
 impl OpenConnection {
+    /// A connection of `subjects` from `resume`, holding `permit`; counted in the connection
+    /// gauge, and with a span of its own when spans are exported (nobody would see it otherwise).
     pub fn new(
         permit: ConnectionPermit,
-        kind: &'static str,
-        span: tracing::Span,
+        subjects: &SubjectSet,
+        resume: Option<ResumePoint>,
         connection_id: String,
     ) -> Self {
-        let gauge = gauge!(CONNECTIONS, "kind" => kind);
+        let span = if !telemetry::exporting() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "sse.connection",
+                otel.kind = "internal",
+                relay.connection_id = %connection_id,
+                relay.subjects = %subjects.nats_subjects().join(","),
+                relay.resume_point = resume.map(|r| r.0),
+                relay.events_delivered = tracing::field::Empty,
+                relay.end_reason = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+            )
+        };
+        if let Some(id) = propagation::trace_id(&span) {
+            span.record("trace_id", id);
+        }
+        let gauge = gauge!(CONNECTIONS, "kind" => subjects.kind_label());
         gauge.increment(1.0);
         Self {
             _permit: permit,
