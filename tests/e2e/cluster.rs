@@ -47,10 +47,11 @@ async fn stream_leader_killed_mid_stream_loses_nothing(mode) {
     }
     received.extend(client.events(50).await);
     assert_exactly_once(&received, &published);
-    // The replica serves new clients again.
+    // The replica serves new clients again (its readiness may still flap while the cluster
+    // settles: a 503 is retried, as a browser would after Retry-After).
     relay.wait_ready_status(200).await;
     let resume = published[97].to_string();
-    let mut late = SseClient::connect(
+    let mut late = SseClient::connect_retrying(
         &relay.url("/v1/deployments/d-cluster/events"),
         Some(&resume),
     )

@@ -589,6 +589,33 @@ pub struct SseClient {
 }
 
 impl SseClient {
+    /// Connects as a browser would while a replica recovers: a `503` (with `Retry-After`) is
+    /// retried until [`WAIT`] has passed; any other refusal panics.
+    pub async fn connect_retrying(url: &str, last_event_id: Option<&str>) -> SseClient {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut request = reqwest::Client::new().get(url);
+            if let Some(id) = last_event_id {
+                request = request.header("Last-Event-ID", id);
+            }
+            let response = timeout(WAIT, request.send())
+                .await
+                .expect("response in time")
+                .expect("request");
+            let status = response.status().as_u16();
+            if status == 503 && Instant::now() < deadline {
+                assert!(response.headers().contains_key("retry-after"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            assert_eq!(status, 200, "SSE status for {url}");
+            return SseClient {
+                response,
+                parser: SseParser::new(),
+            };
+        }
+    }
+
     /// Connects; panics unless the answer is a 200 event stream.
     pub async fn connect(url: &str, last_event_id: Option<&str>) -> SseClient {
         let mut request = reqwest::Client::new().get(url);
