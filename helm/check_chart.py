@@ -37,8 +37,25 @@ CONTRACT_VARS = {
     "RELAY_HEARTBEAT", "RELAY_RETRY", "RELAY_DRAIN_TIMEOUT", "RELAY_AUTH", "RELAY_JWT_SECRET",
     "RELAY_JWT_PUBLIC_KEY_FILE", "RELAY_JWT_AUDIENCE", "RELAY_CORS_ORIGINS", "RELAY_LOG",
     "RELAY_LOG_FORMAT", "RELAY_WRITE_TIMEOUT", "RELAY_STREAM_MAX_CONSUMERS", "RELAY_FANOUT",
-    "RELAY_RING_EVENTS", "RELAY_RING_BYTES", "RELAY_CLIENT_BACKLOG",
+    "RELAY_RING_EVENTS", "RELAY_RING_BYTES", "RELAY_CLIENT_BACKLOG", "RELAY_ADMIN_LISTEN",
+    "RELAY_CLIENT_ADDRESS_HEADER", "RELAY_MAX_PENDING_CONNECTIONS", "RELAY_HEADER_READ_TIMEOUT",
+    "RELAY_TIMELINE_RATE", "RELAY_TIMELINE_BURST",
 }
+
+
+class StrictLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate mapping keys, as Kustomize and other strict parsers
+    do (PyYAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 VALUE_SETS: dict[str, dict] = {
     "defaults": {},
@@ -80,7 +97,11 @@ def render(chart: helm.Chart, values: dict) -> dict[str, list[dict]]:
         if path.endswith("NOTES.txt"):
             out[path] = [{"notes": text}]
             continue
-        docs = [d for d in yaml.safe_load_all(text) if d]
+        try:
+            docs = [d for d in yaml.load_all(text, Loader=StrictLoader) if d]
+        except yaml.YAMLError as err:
+            failures.append(f"{path}: not strict YAML: {err}")
+            continue
         if docs:
             out[path] = docs
     return out
@@ -110,6 +131,9 @@ def validate(name: str, docs: list[dict]) -> None:
         if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
             # A CRD: no upstream schema; check the parts Prometheus Operator needs.
             check(doc["spec"]["endpoints"][0]["path"] == "/metrics", f"{name}: ServiceMonitor path")
+            check(doc["spec"]["endpoints"][0]["port"] == "admin", f"{name}: ServiceMonitor scrapes the admin port")
+            check(doc["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "admin",
+                  f"{name}: ServiceMonitor selects the admin Service")
             continue
         try:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
@@ -128,7 +152,8 @@ def check_common(name: str, values: dict, rendered: dict[str, list[dict]], chart
 
     check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{name}: readiness probe on /readyz")
     check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{name}: liveness probe on /healthz")
-    check(container["readinessProbe"]["httpGet"]["port"] == "http", f"{name}: probes on the http port")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        check(container[probe]["httpGet"]["port"] == "admin", f"{name}: {probe} on the admin port")
     drain = seconds(env["RELAY_DRAIN_TIMEOUT"]["value"])
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     check(pre_stop > 0, f"{name}: a preStop sleep")
@@ -144,14 +169,33 @@ def check_common(name: str, values: dict, rendered: dict[str, list[dict]], chart
     check("resources" in container and container["resources"].get("requests"), f"{name}: resources")
     relay_env = {k for k in env if k.startswith("RELAY_")}
     check(relay_env <= CONTRACT_VARS, f"{name}: unknown RELAY_ variables {sorted(relay_env - CONTRACT_VARS)}")
-    check(env["RELAY_LISTEN"]["value"] == f"0.0.0.0:{merged['relay']['port']}", f"{name}: RELAY_LISTEN")
-    check(container["ports"][0]["containerPort"] == merged["relay"]["port"], f"{name}: container port")
+    host = merged["relay"]["listenHost"]
+    check(env["RELAY_LISTEN"]["value"] == f"{host}:{merged['relay']['port']}", f"{name}: RELAY_LISTEN")
+    check(env["RELAY_ADMIN_LISTEN"]["value"] == f"{host}:{merged['relay']['adminPort']}",
+          f"{name}: RELAY_ADMIN_LISTEN")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    check(ports == {"http": merged["relay"]["port"], "admin": merged["relay"]["adminPort"]},
+          f"{name}: container ports {ports}")
     # No secret value is ever inlined in the Deployment.
     for var in ("RELAY_JWT_SECRET", "RELAY_NATS_TOKEN", "OTEL_EXPORTER_OTLP_HEADERS"):
         if var in env:
             check("valueFrom" in env[var] and "value" not in env[var], f"{name}: {var} from a Secret")
-    [service] = find(docs, "Service")
+    services = {d["metadata"]["name"]: d for d in find(docs, "Service")}
+    service = services[f"{RELEASE}-sse-relay"] if f"{RELEASE}-sse-relay" in services else next(
+        d for n, d in services.items() if not n.endswith("-admin"))
+    admin = next((d for n, d in services.items() if n.endswith("-admin")), None)
     check(service["spec"]["selector"] == spec["selector"]["matchLabels"], f"{name}: Service selects the pods")
+    check([p["targetPort"] for p in service["spec"]["ports"]] == ["http"],
+          f"{name}: the public Service exposes only the API port")
+    check(admin is not None and [p["targetPort"] for p in admin["spec"]["ports"]] == ["admin"]
+          and admin["spec"]["type"] == "ClusterIP", f"{name}: a cluster-internal admin Service")
+    for ingress in find(docs, "Ingress"):
+        backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+        check(all(b["name"] == service["metadata"]["name"] for b in backends),
+              f"{name}: the Ingress routes to the public Service only")
+    for policy in find(docs, "NetworkPolicy"):
+        ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        check(ingress_ports == {"http", "admin"}, f"{name}: NetworkPolicy admits the API and admin ports")
     check(find(docs, "PodDisruptionBudget") != [], f"{name}: PodDisruptionBudget")
     test_pods = [d for d in find(docs, "Pod") if d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
     check(len(test_pods) == 1 and "/readyz" in " ".join(test_pods[0]["spec"]["containers"][0]["command"]),
