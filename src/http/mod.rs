@@ -107,6 +107,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pavilions/{id}/events", get(events::pavilion_events));
     let requests = Router::new()
         .route("/", get(board::board))
+        .route("/client.js", get(board::client_js))
+        .route("/client.d.ts", get(board::client_types))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route(

@@ -141,7 +141,9 @@ ${upstreams.map((u) => `    server ${u.replace("http://", "")} max_fails=1 fail_
 export async function stop(child, signal = "SIGTERM") {
   if (child.exitCode !== null || child.signalCode !== null) return;
   child.kill(signal);
-  await Promise.race([child.exited, sleep(WAIT_MS)]);
+  let timer;
+  await Promise.race([child.exited, new Promise((r) => { timer = setTimeout(r, WAIT_MS); })]);
+  clearTimeout(timer); // a pending timer would keep node running after the last test
 }
 
 /** Open SSE connections on a relay, from its metrics (on its admin listener). */
