@@ -19,7 +19,7 @@ DEPLOY_CHECK_STAMP := $(VENV)/.installed-$(shell echo '$(DEPLOY_CHECK_PACKAGES)'
 # Browser tests: Debian's Chromium and nginx (installed when missing), playwright-core from npm.
 BROWSER_DIR := tests/browser
 
-.PHONY: help tools deploy-tools browser-tools run test test-browser check-deploy bench clean
+.PHONY: help tools deploy-tools browser-tools run test test-browser check-deploy bench clean screenshot
 
 help:
 	@echo "make run    - install what is missing, build, and run the demo (Ctrl-C stops it)"
@@ -27,6 +27,7 @@ help:
 	@echo "make tools  - install the pinned nats-server $(NATS_SERVER_VERSION) into .tools/"
 	@echo "make check-deploy - lint the Dockerfile, render and validate the Helm chart"
 	@echo "make bench  - the load benchmark (BENCH_QUICK=1 for a smoke run)"
+	@echo "make screenshot - refresh docs/board.png from the browser test"
 
 tools: $(NATS_SERVER)
 
@@ -63,6 +64,12 @@ $(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package-lock.json
 test-browser: tools browser-tools
 	$(CARGO) build --quiet
 	cd $(BROWSER_DIR) && RELAY_BIN=$(CURDIR)/target/debug/sse-relay node --test --test-concurrency=1
+
+# Refreshes the README's picture of the board (the browser test writes it only when asked).
+screenshot: tools browser-tools
+	$(CARGO) build --quiet
+	cd $(BROWSER_DIR) && SCREENSHOT=docs/board.png RELAY_BIN=$(CURDIR)/target/debug/sse-relay \
+	  node --test --test-concurrency=1 --test-name-pattern=SIGKILL board.test.mjs
 
 # Human-readable, quieter logs for the demo unless the environment says otherwise.
 run: tools
