@@ -40,10 +40,7 @@ pub fn exporting() -> bool {
 pub fn init(filter: &str, format: LogFormat) -> Result<(), ConfigError> {
     let env_filter = EnvFilter::builder()
         .parse(filter)
-        .map_err(|e| ConfigError {
-            variable: "RELAY_LOG".into(),
-            reason: format!("invalid filter '{filter}': {e}"),
-        })?;
+        .map_err(|e| ConfigError::new("RELAY_LOG", format!("invalid filter '{filter}': {e}")))?;
     let otel = match otlp_provider()? {
         Some(provider) => {
             let tracer = provider.tracer("sse-relay");
@@ -109,10 +106,7 @@ fn otlp_provider() -> Result<Option<SdkTracerProvider>, ConfigError> {
             set("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "http/protobuf".to_owned()),
         ),
     };
-    let bad = |reason: String| ConfigError {
-        variable: variable.to_owned(),
-        reason,
-    };
+    let bad = |reason: String| ConfigError::new(variable, reason);
     // Endpoint, headers and timeout come from the OTEL_EXPORTER_OTLP_* variables themselves.
     let exporter = match protocol.as_str() {
         "grpc" => SpanExporter::builder().with_tonic().build(),
