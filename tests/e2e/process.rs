@@ -8,40 +8,22 @@ use crate::support::*;
 /// Runs `serve` with `RLIMIT_NOFILE` set to (`soft`, `hard`) and its public port already taken, so
 /// it logs its start-up and exits; its JSON log lines.
 async fn serve_with_nofile(soft: u64, hard: u64, env: &[(&str, &str)]) -> Vec<serde_json::Value> {
-    let nats = Nats::start().await;
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let taken = taken.local_addr().expect("addr").to_string();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sse-relay"));
-    command
-        .arg("serve")
-        .env_clear()
-        .env("RELAY_NATS_URL", nats.url())
-        .env("RELAY_LISTEN", &taken)
-        .env("RELAY_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("RELAY_LOG", "info,async_nats=warn")
-        .envs(env.iter().copied());
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: soft as libc::rlim_t,
-                rlim_max: hard as libc::rlim_t,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = tokio::time::timeout(WAIT, tokio::process::Command::from(command).output())
-        .await
-        .expect("exits in time")
-        .expect("runs");
-    assert!(!out.status.success(), "the taken port stops it");
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    serve_until_listen_fails("info,async_nats=warn", env, |command| {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: soft as libc::rlim_t,
+                    rlim_max: hard as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -782,3 +782,41 @@ pub fn assert_exactly_once(received: &[SseEvent], published: &[u64]) {
     let want: Vec<String> = (0..published.len()).map(numbered).collect();
     assert_eq!(payloads, want);
 }
+
+/// Runs `sse-relay serve` with its public port already taken, so it logs its start-up and exits
+/// (a way to read what it says before listening); `prepare` may adjust the command (environment,
+/// `pre_exec`). Its JSON log lines.
+pub async fn serve_until_listen_fails(
+    log: &str,
+    env: &[(&str, &str)],
+    prepare: impl FnOnce(&mut std::process::Command),
+) -> Vec<serde_json::Value> {
+    let nats = Nats::start().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sse-relay"));
+    command
+        .arg("serve")
+        .env_clear()
+        .env("RELAY_NATS_URL", nats.url())
+        .env("RELAY_LISTEN", &taken_addr)
+        .env("RELAY_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RELAY_LOG", log)
+        .envs(env.iter().copied());
+    prepare(&mut command);
+    let out = timeout(WAIT, tokio::process::Command::from(command).output())
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    drop(taken);
+    assert!(!out.status.success(), "the taken port stops it");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&taken_addr),
+        "names the address it cannot listen on: {stderr}"
+    );
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
