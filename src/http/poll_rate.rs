@@ -6,9 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 
-use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderName};
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::error::ApiError;
@@ -43,7 +42,7 @@ impl PollRate {
             return Ok(());
         };
         limiter.check_key(&client).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let wait = not_until.wait_time_from(limiter.clock().now());
             ApiError::TooManyPolls {
                 retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
             }
@@ -68,13 +67,6 @@ impl PollRate {
             .and_then(|last| last.trim().parse().ok())
             .or(peer.map(|p| p.ip()))
     }
-}
-
-/// The TCP peer, as the server loop recorded it on the request.
-pub fn peer_of(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
-    extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr)
 }
 
 #[cfg(test)]

@@ -38,10 +38,21 @@ pub struct ServeSettings {
     pub max_connections: usize,
 }
 
-/// What a connection over the listener's bound is told before it is closed.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 79\r\n\r\n\
-{\"error\":\"not_ready\",\"message\":\"this replica holds its maximum of connections\"}";
+/// What a connection over the listener's bound is told before it is closed: the relay's usual
+/// error body, written by hand because no HTTP connection is set up for it.
+fn over_capacity() -> &'static [u8] {
+    static RESPONSE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let body =
+            r#"{"error":"not_ready","message":"this replica holds its maximum of connections"}"#;
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             retry-after: 5\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    });
+    &RESPONSE
+}
 
 /// Serves `router` on `listener` until `stop`; then stops accepting, lets each open connection
 /// finish its response (SSE streams end themselves in a drain) and returns once all are closed.
@@ -66,7 +77,7 @@ pub async fn serve(
             tokio::spawn(async move {
                 // Best effort, and never waiting long on a client that does not read.
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    stream.write_all(OVER_CAPACITY).await?;
+                    stream.write_all(over_capacity()).await?;
                     stream.shutdown().await
                 })
                 .await;

@@ -245,7 +245,6 @@ impl SseBody {
     fn end(&mut self, reason: &'static str) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.done = true;
         self.open.end_reason = reason;
-        self.open.report();
         Poll::Ready(None)
     }
 }
@@ -313,7 +312,6 @@ impl SseBody {
         frame.extend_from_slice(&sse::retry_frame(retry_ms));
         self.done = true;
         self.open.end_reason = "drain";
-        self.open.report();
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(frame)))))
     }
 }
