@@ -58,15 +58,3 @@ pub fn parse(variables: &str) -> Cli {
     let matches = command.get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
 }
-
-impl From<PublishArgs> for crate::publish::PublishInput {
-    fn from(args: PublishArgs) -> Self {
-        Self {
-            deployment: args.deployment,
-            pavilion: args.pavilion,
-            event_type: args.event_type,
-            msg_id: args.msg_id,
-            data: args.data,
-        }
-    }
-}

@@ -78,7 +78,13 @@ async fn run_serve(config: Config) -> ExitCode {
 }
 
 async fn run_publish(config: Config, args: sse_relay::cli::PublishArgs) -> ExitCode {
-    let request = match publish::PublishRequest::new(args.into()) {
+    let request = match publish::PublishRequest::new(
+        args.deployment,
+        args.pavilion,
+        args.event_type,
+        args.msg_id,
+        args.data,
+    ) {
         Ok(request) => request,
         Err(err) => {
             eprintln!("sse-relay publish: {err}");

@@ -31,16 +31,6 @@ pub enum PublishInputError {
     EventType,
 }
 
-/// What the caller asks to publish, unchecked (the `publish` command's flags).
-#[derive(Debug, Clone)]
-pub struct PublishInput {
-    pub deployment: String,
-    pub pavilion: Option<String>,
-    pub event_type: String,
-    pub msg_id: Option<String>,
-    pub data: String,
-}
-
 /// The validated request.
 pub struct PublishRequest {
     pub deployment: Subject,
@@ -51,7 +41,14 @@ pub struct PublishRequest {
 }
 
 impl PublishRequest {
-    pub fn new(args: PublishInput) -> Result<Self, PublishInputError> {
+    /// Checks what a caller asks to publish (the `publish` command's flags, unchecked).
+    pub fn new(
+        deployment: String,
+        pavilion: Option<String>,
+        event_type: String,
+        msg_id: Option<String>,
+        data: String,
+    ) -> Result<Self, PublishInputError> {
         let key = |flag: &'static str, value: String| {
             SubjectKey::parse(&value).map_err(|e| PublishInputError::Id {
                 flag,
@@ -59,22 +56,21 @@ impl PublishRequest {
                 value,
             })
         };
-        let deployment = Subject::deployment(key("deployment", args.deployment)?);
-        let pavilion = args
-            .pavilion
+        let deployment = Subject::deployment(key("deployment", deployment)?);
+        let pavilion = pavilion
             .map(|p| key("pavilion", p).map(Subject::pavilion))
             .transpose()?;
-        serde_json::from_str::<serde::de::IgnoredAny>(&args.data)
+        serde_json::from_str::<serde::de::IgnoredAny>(&data)
             .map_err(|e| PublishInputError::Json(e.to_string()))?;
-        if args.event_type.is_empty() || args.event_type.contains(['\n', '\r', '\0']) {
+        if event_type.is_empty() || event_type.contains(['\n', '\r', '\0']) {
             return Err(PublishInputError::EventType);
         }
         Ok(Self {
             deployment,
             pavilion,
-            event_type: args.event_type,
-            msg_id: args.msg_id.filter(|id| !id.is_empty()),
-            data: Bytes::from(args.data),
+            event_type,
+            msg_id: msg_id.filter(|id| !id.is_empty()),
+            data: Bytes::from(data),
         })
     }
 }

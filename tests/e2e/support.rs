@@ -594,38 +594,34 @@ impl SseClient {
     pub async fn connect_retrying(url: &str, last_event_id: Option<&str>) -> SseClient {
         let deadline = Instant::now() + WAIT;
         loop {
-            let mut request = reqwest::Client::new().get(url);
-            if let Some(id) = last_event_id {
-                request = request.header("Last-Event-ID", id);
-            }
-            let response = timeout(WAIT, request.send())
-                .await
-                .expect("response in time")
-                .expect("request");
-            let status = response.status().as_u16();
-            if status == 503 && Instant::now() < deadline {
+            let response = Self::request(url, last_event_id).await;
+            if response.status().as_u16() == 503 && Instant::now() < deadline {
                 assert!(response.headers().contains_key("retry-after"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            assert_eq!(status, 200, "SSE status for {url}");
-            return SseClient {
-                response,
-                parser: SseParser::new(),
-            };
+            return Self::stream(url, response);
         }
     }
 
     /// Connects; panics unless the answer is a 200 event stream.
     pub async fn connect(url: &str, last_event_id: Option<&str>) -> SseClient {
+        Self::stream(url, Self::request(url, last_event_id).await)
+    }
+
+    async fn request(url: &str, last_event_id: Option<&str>) -> reqwest::Response {
         let mut request = reqwest::Client::new().get(url);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
-        let response = timeout(WAIT, request.send())
+        timeout(WAIT, request.send())
             .await
             .expect("response in time")
-            .expect("request");
+            .expect("request")
+    }
+
+    /// The client of `response`; panics unless it is a 200 event stream.
+    fn stream(url: &str, response: reqwest::Response) -> SseClient {
         assert_eq!(response.status().as_u16(), 200, "SSE status for {url}");
         assert_eq!(
             response.headers()["content-type"].to_str().ok(),
