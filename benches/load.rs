@@ -1,4 +1,4 @@
-//! `make bench`: the load benchmark (contract §10).
+//! `make bench`: the load benchmark (README, *Benchmark*; the analysis is in `docs/benchmarks.md`).
 //!
 //! Starts its own nats-server(s) and relay(s) on loopback, opens concurrent SSE clients, publishes
 //! events spread over K deployments and one pavilion, and checks that every client got every event
