@@ -5,7 +5,9 @@ Lints it (strict), renders it with the default values and several value sets usi
 Go library (helm-python-sdk), validates every manifest against the Kubernetes JSON schemas
 (kubernetes-validate, strict: unknown fields are errors), and asserts on the rendered output:
 probes, drain timing, the contract's environment variables, Secrets referenced not inlined,
-and a schema that rejects wrong values.
+memory sized for the connection limit, a NetworkPolicy that lets NATS (in another namespace),
+DNS, the OTLP collector, Prometheus and `helm test` through, and a schema that rejects wrong
+values. Also checks that nats/helm-values.yaml and nats/cluster/*.conf size JetStream alike.
 
 Run by `make test` (`make chart-check`). Exits non-zero with a list of failures.
 """
@@ -73,6 +75,29 @@ VALUE_SETS: dict[str, dict] = {
         "auth": {"mode": "jwt", "existingSecret": "relay-jwt", "secretKey": "hs256", "audience": "sse-relay"},
         "otel": {"endpoint": "http://otel-collector.observability:4318", "samplerArg": "0.1", "sampler": "parentbased_traceidratio"},
     },
+    # What a customer's production install looks like: NATS in its own namespace behind TLS, a
+    # Gateway instead of an Ingress, OTLP over https, a locked-down network, custom domain.
+    "production": {
+        "replicaCount": 3,
+        "clusterDomain": "corp.internal",
+        "nats": {"url": "nats://nats.messaging.svc.corp.internal:4222", "caSecret": {"name": "nats-ca"}},
+        "relay": {"maxConnections": 20000, "envFrom": [{"secretRef": {"name": "relay-extra-env"}}]},
+        "resources": {"requests": {"cpu": "1", "memory": "768Mi"}, "limits": {"memory": "1Gi"}},
+        "otel": {"endpoint": "https://otel-collector.observability.svc:4318", "resourceAttributes": "deployment.environment=prod"},
+        "podAnnotations": {"example.com/team": "deploy"},
+        "extraVolumes": [{"name": "corp-ca", "configMap": {"name": "corp-ca-bundle"}}],
+        "extraVolumeMounts": [{"name": "corp-ca", "mountPath": "/etc/ssl/corp", "readOnly": True}],
+        "httpRoute": {"enabled": True, "hostnames": ["relay.corp.example"]},
+        "networkPolicy": {
+            "enabled": True,
+            "ingressFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway-system"}}}],
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "natsNamespaceSelector": {"kubernetes.io/metadata.name": "messaging"},
+            "otelTo": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}],
+        },
+        "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 30, "targetConnectionsPerPod": 8000},
+    },
+    "single-replica": {"replicaCount": 1},
     "ingress-hpa-monitor": {
         "ingress": {"enabled": True, "tls": [{"hosts": ["relay.example.com"], "secretName": "relay-tls"}]},
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12},
@@ -119,6 +144,28 @@ def env_of(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes memory quantity (e.g. 768Mi, 1Gi, 800M) in MiB."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|K|M|G)?", str(quantity))
+    assert match, quantity
+    unit = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "K": 1e3 / 2**20, "M": 1e6 / 2**20, "G": 1e9 / 2**20,
+            None: 1 / 2**20}[match.group(2)]
+    return float(match.group(1)) * unit
+
+
+def memory_needed_mib(env: dict[str, dict]) -> float:
+    """The README's sizing rule: 64 MiB + the ring (shared mode) + RELAY_MAX_CONNECTIONS x 24 KiB
+    (shared) or 48 KiB (consumer), from the benchmark's 16 and 44 KiB per connection under load."""
+    connections = int(env["RELAY_MAX_CONNECTIONS"]["value"])
+    if env["RELAY_FANOUT"]["value"] == "shared":
+        return 64 + int(env["RELAY_RING_BYTES"]["value"]) / 2**20 + connections * 24 / 1024
+    return 64 + connections * 48 / 1024
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
 def seconds(duration: str) -> int:
     match = re.fullmatch(r"(\d+)s", duration)
     assert match, duration
@@ -134,6 +181,17 @@ def validate(name: str, docs: list[dict]) -> None:
             check(doc["spec"]["endpoints"][0]["port"] == "admin", f"{name}: ServiceMonitor scrapes the admin port")
             check(doc["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "admin",
                   f"{name}: ServiceMonitor selects the admin Service")
+            continue
+        if doc.get("apiVersion") == "gateway.networking.k8s.io/v1":
+            # A CRD too: the fields an HTTPRoute needs, and only known ones.
+            spec = doc["spec"]
+            check(kind == "HTTPRoute" and set(spec) <= {"parentRefs", "hostnames", "rules"},
+                  f"{name}: HTTPRoute fields {sorted(spec)}")
+            check(all("name" in ref for ref in spec["parentRefs"]), f"{name}: HTTPRoute parentRefs")
+            for rule in spec["rules"]:
+                check(set(rule) <= {"matches", "backendRefs", "timeouts", "filters"}, f"{name}: HTTPRoute rule fields")
+                check(all(re.fullmatch(r"([0-9]{1,5}(h|m|s|ms)){1,4}", t) for t in rule["timeouts"].values()),
+                      f"{name}: HTTPRoute timeouts are Gateway API durations")
             continue
         try:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
@@ -160,7 +218,14 @@ def check_common(name: str, values: dict, rendered: dict[str, list[dict]], chart
     check(pod["terminationGracePeriodSeconds"] > drain + pre_stop,
           f"{name}: grace {pod['terminationGracePeriodSeconds']} > drain {drain} + preStop {pre_stop}")
     check(spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, f"{name}: maxUnavailable 0")
-    check(merged["autoscaling"]["enabled"] or spec["replicas"] >= 2, f"{name}: 2+ replicas")
+    check(spec["minReadySeconds"] >= drain + pre_stop,
+          f"{name}: minReadySeconds {spec['minReadySeconds']} covers drain {drain} + preStop {pre_stop}")
+    check(pod["enableServiceLinks"] is False, f"{name}: no service-link variables")
+    limit = mebibytes(container["resources"]["limits"]["memory"])
+    check(limit >= memory_needed_mib(env),
+          f"{name}: memory limit {limit:.0f} MiB below the sizing rule's {memory_needed_mib(env):.0f} MiB")
+    check(mebibytes(container["resources"]["requests"]["memory"]) <= limit, f"{name}: memory request <= limit")
+    check(merged["autoscaling"]["enabled"] or spec["replicas"] == merged["replicaCount"], f"{name}: replicas")
     check(pod["securityContext"]["runAsNonRoot"] is True, f"{name}: runAsNonRoot")
     check(container["securityContext"]["readOnlyRootFilesystem"] is True, f"{name}: read-only root")
     check(container["securityContext"]["allowPrivilegeEscalation"] is False, f"{name}: no privilege escalation")
@@ -193,16 +258,80 @@ def check_common(name: str, values: dict, rendered: dict[str, list[dict]], chart
         backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
         check(all(b["name"] == service["metadata"]["name"] for b in backends),
               f"{name}: the Ingress routes to the public Service only")
-    for policy in find(docs, "NetworkPolicy"):
-        ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-        check(ingress_ports == {"http", "admin"}, f"{name}: NetworkPolicy admits the API and admin ports")
-    check(find(docs, "PodDisruptionBudget") != [], f"{name}: PodDisruptionBudget")
     test_pods = [d for d in find(docs, "Pod") if d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
     check(len(test_pods) == 1 and "/readyz" in " ".join(test_pods[0]["spec"]["containers"][0]["command"]),
           f"{name}: helm test pod checks /readyz")
+    test_labels = test_pods[0]["metadata"]["labels"] if test_pods else {}
+    # Neither the Deployment (its ReplicaSet would adopt the pod), the Service nor the relay's
+    # NetworkPolicy may select the test pod.
+    check(not selects(spec["selector"]["matchLabels"], test_labels), f"{name}: the Deployment selects the test pod")
+    check(not selects(service["spec"]["selector"], test_labels), f"{name}: the Service selects the test pod")
+    for policy in find(docs, "NetworkPolicy"):
+        rules = policy["spec"]["ingress"]
+        ingress_ports = {p["port"] for rule in rules for p in rule["ports"]}
+        check(ingress_ports == {"http", "admin"}, f"{name}: NetworkPolicy admits the API and admin ports")
+        check(not selects(policy["spec"]["podSelector"]["matchLabels"], test_labels),
+              f"{name}: the relay's NetworkPolicy applies to the test pod")
+        check(any(any(p["port"] == "http" for p in rule["ports"])
+                  and any("namespaceSelector" not in peer and selects(peer["podSelector"]["matchLabels"], test_labels)
+                          for peer in rule.get("from", []) if "podSelector" in peer)
+                  for rule in rules), f"{name}: NetworkPolicy admits the helm test pod")
+        egress = policy["spec"]["egress"]
+        dns = [r for r in egress if {p["port"] for p in r["ports"]} == {53}]
+        check(len(dns) == 1 and any(peer.get("ipBlock", {}).get("cidr") == "169.254.20.10/32" for peer in dns[0]["to"])
+              and any("podSelector" in peer for peer in dns[0]["to"]), f"{name}: DNS egress to kube-dns and NodeLocal DNSCache")
+        nats_port = merged["networkPolicy"]["natsPort"]
+        nats = [r for r in egress if [p["port"] for p in r["ports"]] == [nats_port]]
+        check(len(nats) == 1, f"{name}: NATS egress on {nats_port}")
+        if merged["networkPolicy"]["natsNamespaceSelector"] and nats:
+            check(nats[0]["to"][0]["namespaceSelector"]["matchLabels"] == merged["networkPolicy"]["natsNamespaceSelector"],
+                  f"{name}: NATS egress reaches NATS's namespace")
+        if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
+            port = int(re.search(r":(\d+)", env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"].split("//", 1)[1]).group(1))
+            check(any([p["port"] for p in r["ports"]] == [port] for r in egress), f"{name}: egress to the OTLP collector on {port}")
+    pdbs = find(docs, "PodDisruptionBudget")
+    replicas = merged["autoscaling"]["minReplicas"] if merged["autoscaling"]["enabled"] else merged["replicaCount"]
+    if replicas > 1:
+        check(len(pdbs) == 1 and pdbs[0]["spec"].get("maxUnavailable") == 1
+              and pdbs[0]["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow",
+              f"{name}: PodDisruptionBudget maxUnavailable 1, unhealthy pods always evictable")
+    else:
+        check(pdbs == [], f"{name}: no PodDisruptionBudget over a single replica (it would block node drains)")
+    # No cluster domain is assumed.
+    if not merged["clusterDomain"]:
+        check("cluster.local" not in yaml.safe_dump_all(docs), f"{name}: a hard-coded cluster.local")
     notes = next(d["notes"] for p, ds in rendered.items() if p.endswith("NOTES.txt") for d in ds)
     check("curl -N" in notes, f"{name}: NOTES has a curl -N line")
     return {"env": env, "docs": docs, "pod": pod, "container": container}
+
+
+def deployment_annotations(docs: list[dict]) -> dict:
+    [deployment] = find(docs, "Deployment")
+    return deployment["spec"]["template"]["metadata"].get("annotations") or {}
+
+
+def check_nats_sizing() -> None:
+    """nats/helm-values.yaml (the official chart) and nats/cluster/*.conf (tests, benchmark) give
+    JetStream the same limits, so what is measured is what is installed."""
+    values = yaml.load((ROOT / "nats" / "helm-values.yaml").read_text(), Loader=StrictLoader)
+    jetstream = values["config"]["jetstream"]
+    for conf in sorted((ROOT / "nats" / "cluster").glob("node-*.conf")):
+        text = conf.read_text()
+        def setting(key: str) -> str:
+            match = re.search(rf"^\s*{key}:\s*(\S+)", text, re.M)
+            return match.group(1) if match else ""
+        check(setting("request_queue_limit") == str(jetstream["merge"]["request_queue_limit"]),
+              f"{conf.name}: request_queue_limit differs from nats/helm-values.yaml")
+        check(mebibytes(setting("max_memory_store").replace("MB", "Mi").replace("GB", "Gi"))
+              == mebibytes(jetstream["memoryStore"]["maxSize"]), f"{conf.name}: max_memory_store differs")
+        check(mebibytes(setting("max_file_store").replace("MB", "Mi").replace("GB", "Gi"))
+              == mebibytes(jetstream["fileStore"]["maxSize"]), f"{conf.name}: max_file_store differs")
+    check(mebibytes(jetstream["fileStore"]["pvc"]["size"]) > mebibytes(jetstream["fileStore"]["maxSize"]),
+          "nats/helm-values.yaml: the volume is larger than the file store limit")
+    limit = mebibytes(values["container"]["merge"]["resources"]["limits"]["memory"])
+    gomemlimit = mebibytes(values["container"]["env"]["GOMEMLIMIT"].replace("MiB", "Mi").replace("GiB", "Gi"))
+    check(mebibytes(jetstream["memoryStore"]["maxSize"]) < gomemlimit < limit,
+          "nats/helm-values.yaml: memory store < GOMEMLIMIT < memory limit")
 
 
 def main() -> int:
@@ -218,6 +347,7 @@ def main() -> int:
             failures.append(f"lint: {message}")
     failures.extend(f"lint: {e}" for e in report.get("errors", []) or [])
 
+    check_nats_sizing()
     for name, values in VALUE_SETS.items():
         chart.validate_schema(values)
         rendered = render(chart, values)
@@ -225,13 +355,16 @@ def main() -> int:
         got = check_common(name, values, rendered, chart)
         env, docs, pod = got["env"], got["docs"], got["pod"]
         if name == "defaults":
-            check(env["RELAY_NATS_URL"]["value"] == f"nats://nats.{NAMESPACE}.svc.cluster.local:4222",
+            check(env["RELAY_NATS_URL"]["value"] == f"nats://nats.{NAMESPACE}.svc:4222",
                   "defaults: NATS URL is the official chart's release `nats`")
             check(env["RELAY_STREAM_REPLICAS"]["value"] == "3", "defaults: RELAY_STREAM_REPLICAS 3")
             check(env["RELAY_AUTH"]["value"] == "none", "defaults: auth off")
             check(find(docs, "Ingress") == [] and find(docs, "HorizontalPodAutoscaler") == [], "defaults: no ingress/HPA")
             check("OTEL_EXPORTER_OTLP_ENDPOINT" not in env, "defaults: no OTel endpoint")
             check(pod["terminationGracePeriodSeconds"] == 35, "defaults: grace 20 + 5 + 10")
+            [deployment] = find(docs, "Deployment")
+            check(deployment["spec"]["replicas"] == 2 and deployment["spec"]["minReadySeconds"] == 25,
+                  "defaults: 2 replicas, each ready 25 s (preStop + drain) before the next is replaced")
             check(env["RELAY_FANOUT"]["value"] == "shared", "defaults: the chart installs the shared fan-out")
         if name == "other-nats":
             check(env["RELAY_NATS_URL"]["value"] == values["nats"]["url"], "other-nats: RELAY_NATS_URL")
@@ -251,6 +384,35 @@ def main() -> int:
             check(env["RELAY_JWT_AUDIENCE"]["value"] == "sse-relay", "auth-existing-secret: audience")
             check(env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == values["otel"]["endpoint"], "OTel endpoint")
             check(env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.1", "OTel sampler arg")
+        if name == "production":
+            check(env["RELAY_NATS_URL"]["value"] == values["nats"]["url"], "production: RELAY_NATS_URL")
+            attributes = env["OTEL_RESOURCE_ATTRIBUTES"]["value"].split(",")
+            check(attributes[:3] == ["service.instance.id=$(K8S_POD_NAME)", "k8s.pod.name=$(K8S_POD_NAME)",
+                                     "k8s.namespace.name=$(K8S_NAMESPACE_NAME)"]
+                  and attributes[3:] == ["deployment.environment=prod"], f"production: resource attributes {attributes}")
+            names = list(env)
+            check(env["K8S_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+                  and names.index("K8S_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"),
+                  "production: the pod name from the downward API, defined before it is referenced")
+            check(got["container"]["envFrom"] == values["relay"]["envFrom"], "production: envFrom")
+            check({"name": "corp-ca", "configMap": {"name": "corp-ca-bundle"}} in pod["volumes"]
+                  and values["extraVolumeMounts"][0] in got["container"]["volumeMounts"]
+                  and any(v["name"] == "nats-ca" for v in pod["volumes"]), "production: extra volumes beside the chart's")
+            check(deployment_annotations(docs).get("example.com/team") == "deploy", "production: pod annotations")
+            [route] = find(docs, "HTTPRoute")
+            [rule] = route["spec"]["rules"]
+            check(route["spec"]["hostnames"] == ["relay.corp.example"]
+                  and rule["backendRefs"] == [{"name": f"{RELEASE}-sse-relay", "port": 80}]
+                  and rule["timeouts"] == {"request": "0s", "backendRequest": "0s"},
+                  "production: HTTPRoute to the public Service with SSE timeouts off")
+            check(find(docs, "Ingress") == [], "production: no Ingress beside the HTTPRoute")
+            [hpa] = find(docs, "HorizontalPodAutoscaler")
+            pods_metrics = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+            check(pods_metrics == [{"metric": {"name": "relay_connections"},
+                                    "target": {"type": "AverageValue", "averageValue": "8000"}}],
+                  f"production: HPA on connections per pod {pods_metrics}")
+        if name == "single-replica":
+            check(pod.get("enableServiceLinks") is False, "single-replica: rendered")
         if name == "ingress-hpa-monitor":
             [ingress] = find(docs, "Ingress")
             annotations = ingress["metadata"]["annotations"]

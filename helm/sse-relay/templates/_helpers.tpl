@@ -36,9 +36,19 @@ app.kubernetes.io/component: relay
 {{- end -}}
 {{- end -}}
 
-{{/* The NATS URL: configured, or the official chart's release `nats` in this namespace. */}}
+{{/* The NATS URL: configured, or the official chart's release `nats` in this namespace (the
+short name unless clusterDomain is given: no cluster domain is assumed). */}}
 {{- define "sse-relay.natsUrl" -}}
-{{- default (printf "nats://nats.%s.svc.cluster.local:4222" .Release.Namespace) .Values.nats.url -}}
+{{- $host := printf "nats.%s.svc" .Release.Namespace -}}
+{{- if .Values.clusterDomain }}{{ $host = printf "%s.%s" $host .Values.clusterDomain }}{{ end -}}
+{{- default (printf "nats://%s:4222" $host) .Values.nats.url -}}
+{{- end -}}
+
+{{/* Whether more than one replica runs (a PodDisruptionBudget is rendered only then). */}}
+{{- define "sse-relay.multipleReplicas" -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- if gt (int .Values.autoscaling.minReplicas) 1 }}true{{ end -}}
+{{- else if gt (int .Values.replicaCount) 1 }}true{{ end -}}
 {{- end -}}
 
 {{/* The Secret holding JWT material: an existing one, or the one this chart makes. */}}
@@ -46,3 +56,23 @@ app.kubernetes.io/component: relay
 {{- default (printf "%s-auth" (include "sse-relay.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}
 
+
+{{/* Labels of the `helm test` pod. Not the relay's selector labels: with them the Deployment's
+ReplicaSet would adopt the pod, the Service would route to it and the relay's NetworkPolicy
+would lock it in. */}}
+{{- define "sse-relay.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "sse-relay.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+{{- end -}}
+
+{{/* The OTLP collector's port: the endpoint's own, else the protocol's (or https') default. */}}
+{{- define "sse-relay.otelPort" -}}
+{{- $url := urlParse .Values.otel.endpoint -}}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" -}}
+{{- if $port -}}{{ $port }}
+{{- else if eq $url.scheme "https" -}}443
+{{- else if eq .Values.otel.protocol "grpc" -}}4317
+{{- else -}}4318
+{{- end -}}
+{{- end -}}
