@@ -1673,6 +1673,8 @@ impl Tally {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    // reqwest is built with rustls but no crypto provider of its own (see the relay's OTLP client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
     let parts = selection("BENCH_PARTS", &PARTS);
     let known_modes: Vec<&'static str> = MODES.iter().chain(&PEERS).copied().collect();

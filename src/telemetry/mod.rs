@@ -3,29 +3,25 @@
 //! - Logs: a `tracing` subscriber writing JSON or pretty lines to stderr, filtered by `RELAY_LOG`
 //!   (stdout is kept for command output such as `publish`'s JSON line). Inside a traced span,
 //!   JSON lines carry the span's `trace_id`.
-//! - Traces: a `tracing-opentelemetry` layer exporting over OTLP, configured only by the standard
-//!   `OTEL_*` variables. Without `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) there is
+//! - Traces: a `tracing-opentelemetry` layer exporting over OTLP (plain or TLS, see [`otlp`]),
+//!   configured only by the standard `OTEL_*` variables. Without `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) there is
 //!   no exporter and no per-event span is ever built.
 //! - Metrics: Prometheus, see [`metrics`].
 
 pub mod metrics;
+mod otlp;
 pub mod propagation;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{ConfigError, LogFormat};
-
-/// Service name when `OTEL_SERVICE_NAME` does not say otherwise.
-pub const DEFAULT_SERVICE_NAME: &str = "sse-relay";
 
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
@@ -41,7 +37,7 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), ConfigError> {
     let env_filter = EnvFilter::builder()
         .parse(filter)
         .map_err(|e| ConfigError::new("RELAY_LOG", format!("invalid filter '{filter}': {e}")))?;
-    let otel = match otlp_provider()? {
+    let otel = match otlp::provider()? {
         Some(provider) => {
             let tracer = provider.tracer("sse-relay");
             opentelemetry::global::set_text_map_propagator(
@@ -84,57 +80,6 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), ConfigError> {
         tracing::info!("exporting traces over OTLP");
     }
     Ok(())
-}
-
-/// The tracer provider the `OTEL_*` variables describe, or `None` without an endpoint.
-fn otlp_provider() -> Result<Option<SdkTracerProvider>, ConfigError> {
-    let set = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
-    {
-        return Ok(None);
-    }
-    if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
-        && set("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
-    {
-        return Ok(None);
-    }
-    let (variable, protocol) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
-        Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", p),
-        None => (
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-            set("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "http/protobuf".to_owned()),
-        ),
-    };
-    let bad = |reason: String| ConfigError::new(variable, reason);
-    // Endpoint, headers and timeout come from the OTEL_EXPORTER_OTLP_* variables themselves.
-    let exporter = match protocol.as_str() {
-        "grpc" => SpanExporter::builder().with_tonic().build(),
-        "http/protobuf" => SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .build(),
-        other => {
-            return Err(bad(format!(
-                "'{other}' is not supported; use grpc or http/protobuf"
-            )))
-        }
-    }
-    .map_err(|e| bad(format!("cannot build the OTLP exporter: {e}")))?;
-    let mut resource = Resource::builder();
-    let names_service = set("OTEL_SERVICE_NAME").is_some()
-        || set("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="));
-    if !names_service {
-        resource = resource.with_service_name(DEFAULT_SERVICE_NAME);
-    }
-    // The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (SDK default:
-    // parentbased_always_on); batching from OTEL_BSP_*.
-    Ok(Some(
-        SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource.build())
-            .build(),
-    ))
 }
 
 /// Exports every finished span now (blocking; call from a blocking context).

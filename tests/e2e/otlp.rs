@@ -1,5 +1,6 @@
 //! A real OTLP/HTTP trace receiver for the tests: accepts `POST /v1/traces` (protobuf), decodes
-//! it with the `opentelemetry-proto` types and keeps every span.
+//! it with the `opentelemetry-proto` types and keeps every span. Over plain HTTP, or over TLS
+//! with a certificate from a CA made for the test (`Receiver::start_tls`).
 
 #![allow(dead_code)]
 
@@ -21,6 +22,8 @@ use prost::Message;
 #[derive(Debug, Clone)]
 pub struct ReceivedSpan {
     pub service: String,
+    /// The resource's attributes (service.name, service.instance.id, ...).
+    pub resource: Vec<(String, String)>,
     pub name: String,
     pub trace_id: String,
     pub span_id: String,
@@ -43,6 +46,13 @@ pub struct Receiver {
     pub addr: SocketAddr,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     pub requests: Arc<Mutex<usize>>,
+    /// TLS only: the CA's certificate (PEM) and the handshakes that failed.
+    tls: Option<Tls>,
+}
+
+struct Tls {
+    ca_pem: String,
+    failed_handshakes: tokio::sync::watch::Receiver<usize>,
 }
 
 fn value(kv: &KeyValue) -> String {
@@ -63,17 +73,22 @@ async fn traces(State((spans, requests)): State<Received>, body: Bytes) -> Vec<u
     let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
     let mut out = spans.lock().expect("lock");
     for resource_spans in request.resource_spans {
-        let service = resource_spans
+        let resource: Vec<(String, String)> = resource_spans
             .resource
             .iter()
             .flat_map(|r| r.attributes.iter())
-            .find(|kv| kv.key == "service.name")
-            .map(value)
+            .map(|kv| (kv.key.clone(), value(kv)))
+            .collect();
+        let service = resource
+            .iter()
+            .find(|(k, _)| k == "service.name")
+            .map(|(_, v)| v.clone())
             .unwrap_or_default();
         for scope in resource_spans.scope_spans {
             for span in scope.spans {
                 out.push(ReceivedSpan {
                     service: service.clone(),
+                    resource: resource.clone(),
                     name: span.name,
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
@@ -96,6 +111,17 @@ async fn traces(State((spans, requests)): State<Received>, body: Bytes) -> Vec<u
     ExportTraceServiceResponse::default().encode_to_vec()
 }
 
+/// The receiver's routes and what they record.
+fn app() -> (Router, Received) {
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let requests = Arc::new(Mutex::new(0));
+    let app = Router::new()
+        .route("/v1/traces", post(traces))
+        .fallback(|| async { "" })
+        .with_state((spans.clone(), requests.clone()));
+    (app, (spans, requests))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -106,12 +132,7 @@ impl Receiver {
     }
 
     pub async fn start_on(addr: &str) -> std::io::Result<Receiver> {
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let requests = Arc::new(Mutex::new(0));
-        let app = Router::new()
-            .route("/v1/traces", post(traces))
-            .fallback(|| async { "" })
-            .with_state((spans.clone(), requests.clone()));
+        let (app, (spans, requests)) = app();
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move {
@@ -121,11 +142,96 @@ impl Receiver {
             addr,
             spans,
             requests,
+            tls: None,
         })
     }
 
+    /// A receiver on `https://localhost:<port>`, its certificate signed by a CA made here
+    /// (`ca_pem`), counting the TLS handshakes that fail.
+    pub async fn start_tls() -> Receiver {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sse-relay test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("certificate");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let (app, (spans, requests)) = app();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (failed_tx, failed_handshakes) = tokio::sync::watch::channel(0);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app, failed_tx) = (acceptor.clone(), app.clone(), failed_tx.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        failed_tx.send_modify(|n| *n += 1);
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await
+                        .ok();
+                });
+            }
+        });
+        Receiver {
+            addr,
+            spans,
+            requests,
+            tls: Some(Tls {
+                ca_pem: ca_cert.pem(),
+                failed_handshakes,
+            }),
+        }
+    }
+
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// The CA that signed a TLS receiver's certificate, as PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.tls.as_ref().expect("a TLS receiver").ca_pem
+    }
+
+    /// Waits (bounded) until at least `n` TLS handshakes have failed.
+    pub async fn wait_for_failed_handshakes(&self, n: usize) {
+        let mut failed = self
+            .tls
+            .as_ref()
+            .expect("a TLS receiver")
+            .failed_handshakes
+            .clone();
+        tokio::time::timeout(crate::support::WAIT, failed.wait_for(|&count| count >= n))
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {n} failed TLS handshakes"))
+            .expect("receiver running");
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {

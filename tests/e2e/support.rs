@@ -566,11 +566,15 @@ fn listening_addr(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     ))
 }
 
-pub fn http() -> reqwest::Client {
+/// A client builder. reqwest is built with rustls and no crypto provider of its own (the relay's
+/// OTLP client shares NATS' ring), so every client needs the process-wide provider installed.
+fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
-        .timeout(WAIT)
-        .build()
-        .expect("http client")
+}
+
+pub fn http() -> reqwest::Client {
+    client_builder().timeout(WAIT).build().expect("http client")
 }
 
 /// GET returning status and JSON body.
@@ -610,7 +614,8 @@ impl SseClient {
     }
 
     async fn request(url: &str, last_event_id: Option<&str>) -> reqwest::Response {
-        let mut request = reqwest::Client::new().get(url);
+        let client = client_builder().build().expect("http client");
+        let mut request = client.get(url);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }

@@ -182,3 +182,79 @@ async fn without_an_endpoint_nothing_is_exported_or_attempted() {
     );
     assert!(default_port.spans().is_empty());
 }
+
+/// Export to an `https://` collector: refused (a failed handshake, nothing received) while the
+/// collector's CA is unknown; accepted once `OTEL_EXPORTER_OTLP_CERTIFICATE` names it. Each
+/// replica's spans carry a `service.instance.id` of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_https_collector_trusted_through_otlp_certificate() {
+    let receiver = Receiver::start_tls().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("collector-ca.pem");
+    std::fs::write(&ca, receiver.ca_pem()).expect("write the CA");
+    let nats = Nats::start().await;
+
+    // Without the CA: the TLS handshake fails, nothing is exported.
+    let untrusting = Relay::start(&nats.url(), &refs(&otel_env(&receiver, "untrusting"))).await;
+    let client = SseClient::connect(&untrusting.url("/v1/deployments/d-tls/events"), None).await;
+    drop(client);
+    receiver.wait_for_failed_handshakes(1).await;
+    assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
+
+    // With it, two replicas: both export, each with its own instance id.
+    let mut trusting_env = otel_env(&receiver, "trusting");
+    trusting_env.push((
+        "OTEL_EXPORTER_OTLP_CERTIFICATE".into(),
+        ca.display().to_string(),
+    ));
+    let mut instances = Vec::new();
+    for deployment in ["d-tls-1", "d-tls-2"] {
+        let relay = Relay::start(&nats.url(), &refs(&trusting_env)).await;
+        let path = format!("/v1/deployments/{deployment}/events");
+        let client = SseClient::connect(&relay.url(&path), None).await;
+        drop(client);
+        let subject = format!("deploy.{deployment}");
+        let span = receiver
+            .wait_for("sse.connection over TLS", |s| {
+                s.name == "sse.connection" && s.attr("relay.subjects") == Some(subject.as_str())
+            })
+            .await;
+        assert_eq!(span.service, "trusting");
+        let instance = span
+            .resource
+            .iter()
+            .find(|(k, _)| k == "service.instance.id")
+            .map(|(_, v)| v.clone())
+            .expect("service.instance.id");
+        assert_eq!(instance.len(), 36, "a UUID: {instance}");
+        instances.push(instance);
+    }
+    assert_ne!(instances[0], instances[1], "replicas told apart");
+    assert!(
+        receiver.spans().iter().all(|s| s.service == "trusting"),
+        "the untrusting relay exported nothing"
+    );
+}
+
+/// A certificate variable naming a file that is not there stops the relay at start-up, naming
+/// the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_otlp_certificate_refuses_to_start() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sse-relay"))
+        .arg("serve")
+        .env_clear()
+        .env("RELAY_NATS_URL", "nats://127.0.0.1:1")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://localhost:4318")
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
+        .output();
+    let output = tokio::time::timeout(WAIT, output)
+        .await
+        .expect("exits")
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && stderr.contains("/nonexistent/ca.pem"),
+        "{stderr}"
+    );
+}
