@@ -7,18 +7,25 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 
 import {
-  ROOT, launchBrowser, openConnections, sleep, startStack, stop, timelineSeqs, until,
+  ROOT, launchBrowser, openConnections, publish, startStack, stop, timelineSeqs, until,
 } from "./harness.mjs";
 
 let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
 
-/** Waits until the page has every sequence of `expected`, then checks it has exactly those. */
-async function expectExactly(page, expected) {
-  await until(`page to hold ${expected.length} events`, async () =>
-    (await page.evaluate(() => window.relayLog.length)) >= expected.length);
-  await sleep(500); // anything extra would show up now
+/** Publishes a sentinel event to `pavilion` (the pipeline stopped), waits until the page has it
+ * — so everything published before it has arrived — then checks the page holds exactly the
+ * pavilions' timelines, each event once, in order. */
+async function expectExactly(page, stack, pavilions) {
+  const sentinel = (await publish(stack.nats.url, { deployment: "d-sentinel", pavilion: pavilions[0], data: { last: true } }))
+    .pavilion_seq;
+  await until(`the page to receive the sentinel ${sentinel}`, () =>
+    page.evaluate((seq) => window.relayLog.includes(seq), sentinel));
+  const base = stack.relays.find((r) => r.child.exitCode === null && r.child.signalCode === null).base;
+  const expected = (await Promise.all(pavilions.map((p) => timelineSeqs(base, "pavilions", p))))
+    .flat().sort((a, b) => a - b);
+  assert.ok(expected.length >= 20, `enough events published (${expected.length})`);
   const log = await page.evaluate(() => window.relayLog.slice());
   assert.deepEqual(log, expected, "every published event exactly once, in order");
 }
@@ -41,13 +48,11 @@ test("the page reconnects through nginx to the other replica after a SIGKILL and
     const survivor = relays[1 - serving];
     await until("reconnected to the survivor", async () => (await openConnections(survivor, "multi")) === 1);
     await until("events after the kill", async () => (await page.evaluate(() => window.relayLog.length)) > before + 5);
+    await until("20 events in all", async () => (await page.evaluate(() => window.relayLog.length)) >= 20);
     assert.equal(await page.evaluate(() => window.relayMode), "live");
 
     await stop(pipeline);
-    const expected = [...await timelineSeqs(survivor.base, "pavilions", "p-1"),
-      ...await timelineSeqs(survivor.base, "pavilions", "p-2")].sort((a, b) => a - b);
-    assert.ok(expected.length >= 20, `enough events published (${expected.length})`);
-    await expectExactly(page, expected);
+    await expectExactly(page, stack, ["p-1", "p-2"]);
 
     // The board shows deployments moving through the stages, with text states.
     const rows = await page.locator("#rows tr").count();
@@ -93,9 +98,9 @@ test("refused by the per-key limit, the page polls, misses nothing, and goes liv
     const live = await page.evaluate(() => window.relayLog.length);
     await until("events after going live", async () => (await page.evaluate(() => window.relayLog.length)) > live + 3);
 
+    await until("20 events in all", async () => (await page.evaluate(() => window.relayLog.length)) >= 20);
     await stop(pipeline);
-    const expected = await timelineSeqs(relays[0].base, "pavilions", "p-1");
-    await expectExactly(page, expected);
+    await expectExactly(page, stack, ["p-1"]);
   } finally {
     await page.close();
     await stack.stop();

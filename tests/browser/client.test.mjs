@@ -2,24 +2,18 @@
 // module served by a real relay, refused by the per-key limit, polls the timeline, goes live when
 // the slot frees, and delivers every event exactly once, ascending, through onEvent.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { test } from "node:test";
-import { promisify } from "node:util";
 import { pathToFileURL } from "node:url";
 
 import { EventSource } from "eventsource";
 
-import { RELAY_BIN, startNats, startRelay, stop, until } from "./harness.mjs";
-
-const run = promisify(execFile);
+import { publish as publishEvent, startNats, startRelay, stop, until } from "./harness.mjs";
 
 async function publish(natsUrl, deployment, n) {
-  const { stdout } = await run(RELAY_BIN, ["publish", "--deployment", deployment, "--data", JSON.stringify({ n })],
-    { env: { RELAY_NATS_URL: natsUrl } });
-  return JSON.parse(stdout).deploy_seq;
+  return (await publishEvent(natsUrl, { deployment, data: { n } })).deploy_seq;
 }
 
 /** Imports the module exactly as the relay serves it. */

@@ -1,12 +1,13 @@
 // Real parts for the browser tests: nats-server, sse-relay replicas, the demo pipeline and an
 // nginx round-robin load balancer, all on loopback with temporary directories. Every wait is
 // bounded.
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync, existsSync, mkdirSync } from "node:fs";
 import { createServer, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import readline from "node:readline";
+import { promisify } from "node:util";
 
 export const ROOT = path.resolve(import.meta.dirname, "../..");
 export const RELAY_BIN = process.env.RELAY_BIN || path.join(ROOT, "target/debug/sse-relay");
@@ -85,13 +86,16 @@ function listeningLog(child) {
   });
 }
 
-/** The demo's simulated pipeline (its own relay listens on a port nobody uses). */
+/** The demo's simulated pipeline (its own relay listens on a port nobody uses); resolves once
+ * that relay is ready, so the pipeline is publishing. */
 export async function startPipeline(natsUrl) {
   const child = start(RELAY_BIN, ["demo", "--pace", "120ms"], {
-    RELAY_NATS_URL: natsUrl, RELAY_LISTEN: "127.0.0.1:0", RELAY_LOG: "warn",
+    RELAY_NATS_URL: natsUrl, RELAY_LISTEN: "127.0.0.1:0", RELAY_ADMIN_LISTEN: "127.0.0.1:0",
+    RELAY_LOG: "warn,sse_relay::server=info", RELAY_LOG_FORMAT: "json",
   });
   child.stdout.resume();
-  await listeningLog(child).catch(() => {}); // logs at warn: just give it a moment to start
+  const log = await listeningLog(child);
+  await until("the demo's relay ready", async () => (await fetch(`http://${log.admin}/readyz`).catch(() => null))?.ok);
   return child;
 }
 
@@ -190,4 +194,49 @@ export async function startStack(relayEnv) {
       await stop(nats.child);
     },
   };
+}
+
+const run = promisify(execFile);
+
+/** Publishes one event with `sse-relay publish`; resolves to its JSON report
+ * ({deploy_seq, pavilion_seq, duplicate}). */
+export async function publish(natsUrl, { deployment, pavilion, data }) {
+  const args = ["publish", "--deployment", deployment, "--data", JSON.stringify(data)];
+  if (pavilion) args.push("--pavilion", pavilion);
+  const { stdout } = await run(RELAY_BIN, args, { env: { RELAY_NATS_URL: natsUrl }, timeout: WAIT_MS });
+  return JSON.parse(stdout);
+}
+
+/** One request over the NATS protocol itself (CONNECT, SUB an inbox, PUB), resolving to the
+ * reply's JSON: the JetStream API without a client library. */
+export function natsRequest(natsUrl, subject, payload = "") {
+  const { hostname, port } = new URL(natsUrl.replace(/^nats:/, "http:"));
+  const inbox = `_INBOX.${Math.random().toString(36).slice(2)}`;
+  return new Promise((resolve, reject) => {
+    const socket = new Socket();
+    const fail = (err) => { clearTimeout(timer); socket.destroy(); reject(err); };
+    const timer = setTimeout(() => fail(new Error(`no reply to ${subject}`)), WAIT_MS);
+    let buffer = Buffer.alloc(0);
+    socket.connect(Number(port), hostname, () => {
+      const body = Buffer.from(payload);
+      socket.write(`CONNECT {"verbose":false,"pedantic":false}\r\nSUB ${inbox} 1\r\n`
+        + `PUB ${subject} ${inbox} ${body.length}\r\n`);
+      socket.write(Buffer.concat([body, Buffer.from("\r\n")]));
+    });
+    socket.on("error", fail);
+    socket.on("data", (chunk) => {
+      buffer = Buffer.concat([buffer, chunk]);
+      const text = buffer.toString("latin1");
+      if (text.includes("-ERR")) return fail(new Error(`NATS: ${text.slice(text.indexOf("-ERR")).split("\r\n")[0]}`));
+      if (text.includes("PING\r\n")) socket.write("PONG\r\n");
+      const head = text.match(/MSG \S+ 1 (\d+)\r\n/);
+      if (!head) return;
+      const start = head.index + head[0].length;
+      const length = Number(head[1]);
+      if (buffer.length < start + length) return;
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(JSON.parse(buffer.subarray(start, start + length).toString("utf8")));
+    });
+  });
 }
