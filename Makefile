@@ -87,8 +87,8 @@ run: tools
 
 test: tools check-deploy browser-tools
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
 	cd $(BROWSER_DIR) && RELAY_BIN=$(CURDIR)/target/debug/sse-relay node --test --test-concurrency=1
 
 # The load benchmark (release build): BENCH_QUICK=1 for a smoke run. See README "Benchmark".

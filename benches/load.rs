@@ -45,16 +45,15 @@
 //! with status 1 if either is not 0.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use rand::Rng;
-use sse_relay::sse::{SseItem, SseParser};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use sse_relay_testkit as testkit;
+use testkit::process::{cpu_seconds_of, free_port, rss_mib_of};
+use testkit::{Echo, Proc, Relay, SseItem, SseParser};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -80,190 +79,82 @@ mod sse_client;
 use sse_client::{Dialer, SseStream};
 
 // ---------------------------------------------------------------------------------------------
-// Processes
+// Processes (nats-server, relays and process figures come from the test kit)
 
-fn nats_bin() -> std::path::PathBuf {
-    sse_relay::demo::nats_server_binary()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Resident memory of process `pid` in MiB (0 once it is gone).
-fn rss_mib_of(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-/// User + system CPU seconds of process `pid` so far (0 once it is gone).
-fn cpu_seconds_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-struct Proc {
-    child: Child,
-    pid: u32,
-}
-
-impl Proc {
-    fn spawn(command: &mut Command) -> Proc {
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        let pid = child.id().expect("pid");
-        Proc { child, pid }
-    }
-
-    /// User + system CPU seconds so far.
-    fn cpu_seconds(&self) -> f64 {
-        cpu_seconds_of(self.pid)
-    }
-
-    fn rss_mib(&self) -> f64 {
-        rss_mib_of(self.pid)
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    async fn kill(&mut self) {
-        self.child.kill().await.ok();
-    }
-}
-
-struct Nats {
-    procs: Vec<Proc>,
-    urls: Vec<String>,
-    _dirs: Vec<tempfile::TempDir>,
+/// The NATS side of a row, measured as a whole: one nats-server, or the 3-node cluster of the
+/// scale-out part.
+enum Nats {
+    Single(testkit::Nats),
+    Cluster(testkit::NatsCluster),
 }
 
 impl Nats {
     async fn single() -> Nats {
-        let dir = tempfile::tempdir().expect("tmp");
-        let port = free_port();
-        let proc = Proc::spawn(
-            Command::new(nats_bin())
-                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-                .arg(dir.path())
-                .stderr(Stdio::null()),
-        );
-        let nats = Nats {
-            procs: vec![proc],
-            urls: vec![format!("nats://127.0.0.1:{port}")],
-            _dirs: vec![dir],
-        };
-        nats.wait_up().await;
-        nats
+        Nats::Single(testkit::Nats::start().await)
     }
 
     /// Three nodes from `nats/cluster/node-*.conf` on free ports.
     async fn cluster() -> Nats {
-        let ports: Vec<(u16, u16, u16)> = (0..3)
-            .map(|_| (free_port(), free_port(), free_port()))
-            .collect();
-        let routes = ports
-            .iter()
-            .map(|(_, c, _)| format!("nats://127.0.0.1:{c}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut nats = Nats {
-            procs: Vec::new(),
-            urls: Vec::new(),
-            _dirs: Vec::new(),
-        };
-        for (i, (port, cluster, http)) in ports.iter().enumerate() {
-            let dir = tempfile::tempdir().expect("tmp");
-            let config = format!(
-                "{}/nats/cluster/node-{}.conf",
-                env!("CARGO_MANIFEST_DIR"),
-                i + 1
-            );
-            nats.procs.push(Proc::spawn(
-                Command::new(nats_bin())
-                    .args([
-                        "-c",
-                        &config,
-                        "-p",
-                        &port.to_string(),
-                        "-m",
-                        &http.to_string(),
-                    ])
-                    .args(["--cluster", &format!("nats://127.0.0.1:{cluster}")])
-                    .args(["--routes", &routes, "-sd"])
-                    .arg(dir.path())
-                    .stderr(Stdio::null()),
-            ));
-            nats.urls.push(format!("nats://127.0.0.1:{port}"));
-            nats._dirs.push(dir);
-        }
-        nats.wait_up().await;
-        nats
+        Nats::Cluster(testkit::NatsCluster::start().await)
     }
 
-    async fn wait_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for url in &self.urls {
-            loop {
-                if let Ok(client) = async_nats::connect(url.as_str()).await {
-                    if async_nats::jetstream::new(client)
-                        .query_account()
-                        .await
-                        .is_ok()
-                    {
-                        break;
-                    }
-                }
-                assert!(Instant::now() < deadline, "nats-server did not start");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    fn procs(&self) -> Vec<&Proc> {
+        match self {
+            Nats::Single(nats) => nats.proc().into_iter().collect(),
+            Nats::Cluster(cluster) => cluster
+                .nodes
+                .iter()
+                .filter_map(|n| n.proc.as_ref())
+                .collect(),
         }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        match self {
+            Nats::Single(nats) => vec![nats.url()],
+            Nats::Cluster(cluster) => cluster.nodes.iter().map(|n| n.url()).collect(),
+        }
+    }
+
+    fn first_url(&self) -> String {
+        self.urls().swap_remove(0)
     }
 
     fn url_list(&self) -> String {
-        self.urls.join(",")
+        self.urls().join(",")
     }
 
     fn cpu_seconds(&self) -> f64 {
-        self.procs.iter().map(Proc::cpu_seconds).sum()
+        self.procs().into_iter().map(Proc::cpu_seconds).sum()
     }
 
     fn rss_mib(&self) -> f64 {
-        self.procs.iter().map(Proc::rss_mib).sum()
+        self.procs().into_iter().map(Proc::rss_mib).sum()
     }
 
     /// The URLs of the nodes still running (a scale-out run kills one).
     fn live_urls(&mut self) -> Vec<String> {
-        self.procs
-            .iter_mut()
-            .zip(&self.urls)
-            .filter_map(|(p, url)| p.alive().then(|| url.clone()))
-            .collect()
+        match self {
+            Nats::Single(nats) => vec![nats.url()],
+            Nats::Cluster(cluster) => cluster
+                .nodes
+                .iter_mut()
+                .filter_map(|n| n.proc.as_mut().is_some_and(Proc::alive).then(|| n.url()))
+                .collect(),
+        }
+    }
+
+    /// SIGKILLs the cluster node `name` (`relay-nats-2`, ...).
+    async fn kill_node(&mut self, name: &str) {
+        match self {
+            Nats::Single(_) => panic!("a single server has no node {name}"),
+            Nats::Cluster(cluster) => cluster.kill(name).await,
+        }
     }
 
     /// The relay's stream as the ceiling's publishers need it (no relay provisions it there).
     async fn create_stream(&self) {
-        let client = async_nats::connect(self.urls[0].as_str())
+        let client = async_nats::connect(self.first_url())
             .await
             .expect("connect");
         let mut config = sse_relay::jetstream::stream_definition().clone();
@@ -294,7 +185,7 @@ impl Nats {
     /// Counts the server's consumer-created advisories from now on: every JetStream consumer
     /// created, whichever relay process created it.
     async fn consumer_creations(&self) -> Advisories {
-        let client = async_nats::connect(self.urls[0].as_str())
+        let client = async_nats::connect(self.first_url())
             .await
             .expect("connect");
         let mut sub = client
@@ -316,9 +207,15 @@ impl Nats {
     }
 
     /// SIGKILLs every node and waits for them to be gone.
-    async fn stop(mut self) {
-        for proc in &mut self.procs {
-            proc.kill().await;
+    async fn stop(self) {
+        match self {
+            Nats::Single(mut nats) => nats.kill().await,
+            Nats::Cluster(mut cluster) => {
+                let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+                for name in names {
+                    cluster.kill(&name).await;
+                }
+            }
         }
     }
 }
@@ -338,13 +235,6 @@ impl Drop for Advisories {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-struct Relay {
-    proc: Proc,
-    addr: SocketAddr,
-    /// The admin listener: `/metrics` and the probes.
-    admin: SocketAddr,
 }
 
 /// What a row's clients connect to, and what the row measures of it: a relay process, or a
@@ -373,96 +263,45 @@ impl Server for Relay {
     }
 }
 
-impl Relay {
-    async fn start(nats_urls: &str, replicas: usize, mode: &str) -> Relay {
-        Self::start_with(nats_urls, replicas, mode, &[]).await
-    }
-
-    async fn start_with(
-        nats_urls: &str,
-        replicas: usize,
-        mode: &str,
-        env: &[(&str, String)],
-    ) -> Relay {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sse-relay"));
-        child.env_clear();
-        child.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        child
-            .arg("serve")
-            .env("RELAY_NATS_URL", nats_urls)
-            .env("RELAY_LISTEN", "127.0.0.1:0")
-            .env("RELAY_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("RELAY_LOG", "warn,sse_relay::server=info")
-            .env("RELAY_FANOUT", mode)
-            .env("RELAY_MAX_CONNECTIONS", "20000")
-            .env("RELAY_MAX_CONNECTIONS_PER_KEY", "20000")
-            .env("RELAY_STREAM_REPLICAS", replicas.to_string())
-            .env("RELAY_STREAM_MAX_MSGS_PER_SUBJECT", "100000")
-            .stderr(Stdio::piped());
-        let mut proc = Proc::spawn(&mut child);
-        let stderr = proc.child.stderr.take().expect("stderr");
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let mut tx = Some(tx);
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if v["message"] == "listening" {
-                    let parse = |field: &str| v[field].as_str()?.parse::<SocketAddr>().ok();
-                    if let (Some(tx), Some(addr), Some(admin)) =
-                        (tx.take(), parse("addr"), parse("admin"))
-                    {
-                        tx.send((addr, admin)).ok();
-                    }
-                } else if v["level"] == "WARN" || v["level"] == "ERROR" {
-                    eprintln!("  [relay] {} {}", v["message"], v["error"]);
-                }
-            }
-        });
-        let (addr, admin) = tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .expect("relay listens")
-            .expect("relay address");
-        let relay = Relay { proc, addr, admin };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_status(admin, "/readyz").await != Some(200) {
-            assert!(Instant::now() < deadline, "relay not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        relay
-    }
-
-    async fn metric(&self, series: &str) -> f64 {
-        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.admin)).await else {
-            return 0.0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .find_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                (name == series).then(|| value.parse().unwrap_or(0.0))
-            })
-            .unwrap_or(0.0)
-    }
-
-    /// `relay_consumers_created_total` of this process.
-    async fn consumers_created(&self) -> f64 {
-        self.metric("relay_consumers_created_total").await
-    }
-
-    /// SIGKILLs the relay and waits for it to be gone.
-    async fn stop(mut self) {
-        self.proc.kill().await;
-    }
+/// A ready relay as the benchmark runs it: limits far above the load, a deep stream, `env` on
+/// top, only its warnings echoed.
+async fn start_relay(
+    nats_urls: &str,
+    replicas: usize,
+    mode: &str,
+    env: &[(&str, String)],
+) -> Relay {
+    let replicas = replicas.to_string();
+    let mut all: Vec<(&str, &str)> = vec![
+        ("RELAY_FANOUT", mode),
+        ("RELAY_MAX_CONNECTIONS", "15000"),
+        ("RELAY_MAX_CONNECTIONS_PER_KEY", "15000"),
+        ("RELAY_STREAM_REPLICAS", &replicas),
+        ("RELAY_STREAM_MAX_MSGS_PER_SUBJECT", "100000"),
+    ];
+    all.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let relay = Relay::spawn_with(
+        nats_urls,
+        &all,
+        "warn,sse_relay::server=info",
+        Echo::Warnings,
+    )
+    .await;
+    relay.wait_ready_status(200).await;
+    relay
 }
 
-async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    reqwest::get(format!("http://{addr}{path}"))
+/// `relay_consumers_created_total` of a relay (0 once it is gone).
+async fn consumers_created(relay: &Relay) -> f64 {
+    let Ok(response) = testkit::http()
+        .get(relay.admin_url("/metrics"))
+        .send()
         .await
-        .ok()
-        .map(|r| r.status().as_u16())
+    else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    testkit::sample(&text, "relay_consumers_created_total")
 }
 
 /// Samples a process's RSS every 100 ms until `stop`; returns the peak.
@@ -940,7 +779,7 @@ async fn relay_run_over<S: Server>(
     });
     if kill_node_mid_run {
         tokio::time::sleep(Duration::from_secs_f64(seconds / 2.0)).await;
-        nats.procs[1].kill().await;
+        nats.kill_node("relay-nats-2").await;
     }
     let expected = publisher.await.expect("publisher");
     let elapsed = started.elapsed().as_secs_f64();
@@ -1140,7 +979,7 @@ async fn ceiling_run(nats: &mut Nats, clients: usize, rate: u32, seconds: f64) -
         conns.push(
             async_nats::ConnectOptions::new()
                 .subscription_capacity(1 << 16)
-                .connect(nats.urls[0].as_str())
+                .connect(nats.first_url())
                 .await
                 .expect("connect"),
         );
@@ -1255,7 +1094,7 @@ async fn storm_run(
     spread: Duration,
 ) -> Storm {
     let nats = Nats::single().await;
-    let mut relay = Relay::start(&nats.url_list(), 1, mode).await;
+    let mut relay = start_relay(&nats.url_list(), 1, mode, &[]).await;
     let advisories = nats.consumer_creations().await;
     // Where the clients find the relay (a restarted one listens on a new port).
     let addr = Arc::new(Mutex::new(relay.addr));
@@ -1324,7 +1163,7 @@ async fn storm_run(
         async move { publish_load(&urls, &run, rate, spread.as_secs_f64() + 6.0).await }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut created_before = relay.consumers_created().await;
+    let mut created_before = consumers_created(&relay).await;
     let server_before = advisories.get();
     let storm_at = Instant::now();
     let mut relay_back_seconds = None;
@@ -1333,7 +1172,7 @@ async fn storm_run(
         StormKind::RelayRestarted => {
             relay.proc.kill().await;
             storm.cancel();
-            let fresh = Relay::start(&nats.url_list(), 1, mode).await;
+            let fresh = start_relay(&nats.url_list(), 1, mode, &[]).await;
             *addr.lock().expect("lock") = fresh.addr;
             relay_back_seconds = Some(storm_at.elapsed().as_secs_f64());
             // The new process counts from 0.
@@ -1348,7 +1187,7 @@ async fn storm_run(
     }
     let reconnect_seconds = storm_at.elapsed().as_secs_f64();
     let live = reconnected.load(Ordering::Relaxed);
-    let created_relay = relay.consumers_created().await - created_before;
+    let created_relay = consumers_created(&relay).await - created_before;
     let created_server = advisories.get() - server_before;
     let expected = publisher.await.expect("publisher");
     let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
@@ -1363,7 +1202,7 @@ async fn storm_run(
         t.await.ok();
     }
     let outcome = check(&expected, &subject_of, &received);
-    relay.stop().await;
+    relay.kill().await;
     drop(advisories);
     nats.stop().await;
     Storm {
@@ -1427,7 +1266,7 @@ impl Churn {
 /// during it, and at the end (all clients connected and caught up again).
 async fn churn_run(mode: &'static str, clients: usize, rate: u32, seconds: f64) -> Churn {
     let mut nats = Nats::single().await;
-    let relay = Relay::start(&nats.url_list(), 1, mode).await;
+    let relay = start_relay(&nats.url_list(), 1, mode, &[]).await;
     let advisories = nats.consumer_creations().await;
     let run = format!("ch{}", rand::rng().random::<u32>());
     let dialers = sse_client::dialers();
@@ -1495,7 +1334,7 @@ async fn churn_run(mode: &'static str, clients: usize, rate: u32, seconds: f64) 
     let rss_start = relay.proc.rss_mib();
     let stop_sampler = CancellationToken::new();
     let sampler = rss_peak_sampler(relay.proc.pid, stop_sampler.clone());
-    let created_before = relay.consumers_created().await;
+    let created_before = consumers_created(&relay).await;
     let server_before = advisories.get();
     let connections_before = connected.load(Ordering::Relaxed);
     churn_end
@@ -1518,7 +1357,7 @@ async fn churn_run(mode: &'static str, clients: usize, rate: u32, seconds: f64) 
     let rss_end = relay.proc.rss_mib();
     let consumers_end = nats.consumer_count().await;
     let reconnections = connected.load(Ordering::Relaxed) - connections_before;
-    let created_relay = relay.consumers_created().await - created_before;
+    let created_relay = consumers_created(&relay).await - created_before;
     let created_server = advisories.get() - server_before;
     stop_sampler.cancel();
     let rss_peak = sampler.await.unwrap_or(0.0).max(rss_start).max(rss_end);
@@ -1527,7 +1366,7 @@ async fn churn_run(mode: &'static str, clients: usize, rate: u32, seconds: f64) 
         t.await.ok();
     }
     let outcome = check(&expected, &subject_of, &received);
-    relay.stop().await;
+    relay.kill().await;
     drop(advisories);
     nats.stop().await;
     Churn {
@@ -1768,7 +1607,7 @@ async fn main() {
                 for &mode in &modes {
                     // A fresh nats-server and relay per row: their memory is then this row's alone.
                     let mut nats = Nats::single().await;
-                    let relay = Relay::start(&nats.url_list(), 1, mode).await;
+                    let relay = start_relay(&nats.url_list(), 1, mode, &[]).await;
                     let row = relay_run(
                         &mut nats,
                         std::slice::from_ref(&relay),
@@ -1779,7 +1618,7 @@ async fn main() {
                         false,
                     )
                     .await;
-                    relay.stop().await;
+                    relay.kill().await;
                     nats.stop().await;
                     emit(row.line());
                     tally.add("sweep", row.lost, row.duplicated);
@@ -1860,7 +1699,7 @@ async fn main() {
                     Vec::new()
                 };
                 let mut nats = Nats::single().await;
-                let relay = Relay::start_with(&nats.url_list(), 1, mode, &env).await;
+                let relay = start_relay(&nats.url_list(), 1, mode, &env).await;
                 let label = if traced {
                     format!("{mode}+traces")
                 } else {
@@ -1876,7 +1715,7 @@ async fn main() {
                     false,
                 )
                 .await;
-                relay.stop().await;
+                relay.kill().await;
                 nats.stop().await;
                 emit(row.line());
                 tally.add("traced", row.lost, row.duplicated);
@@ -1938,7 +1777,7 @@ async fn main() {
                     _ => ("per subject", rate as usize * watched / published),
                 };
                 let mut nats = Nats::single().await;
-                let relay = Relay::start(&nats.url_list(), 1, mode).await;
+                let relay = start_relay(&nats.url_list(), 1, mode, &[]).await;
                 let load = Load {
                     clients: watched,
                     rate,
@@ -1953,7 +1792,7 @@ async fn main() {
                     false,
                 )
                 .await;
-                relay.stop().await;
+                relay.kill().await;
                 nats.stop().await;
                 emit(format!(
                     "| {shape} | {watched} | {taken_in} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} | {} |",
@@ -1979,7 +1818,7 @@ async fn main() {
             let mut cluster = Nats::cluster().await;
             let mut relays = Vec::new();
             for _ in 0..3 {
-                relays.push(Relay::start(&cluster.url_list(), 3, mode).await);
+                relays.push(start_relay(&cluster.url_list(), 3, mode, &[]).await);
             }
             let row = relay_run(
                 &mut cluster,
@@ -1992,7 +1831,7 @@ async fn main() {
             )
             .await;
             for relay in relays {
-                relay.stop().await;
+                relay.kill().await;
             }
             cluster.stop().await;
             emit(row.line());

@@ -51,6 +51,21 @@ pub fn nats_server_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
+/// The command line of a JetStream nats-server on loopback `port` storing in `store`, output
+/// discarded, killed with its handle: how the demo, the tests and the benchmark all start one
+/// (a cluster node adds its `-c`, `--cluster` and `--routes` arguments).
+pub fn nats_server_command(port: u16, store: &std::path::Path) -> Command {
+    let mut command = Command::new(nats_server_binary());
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
 /// A nats-server owned by this process; killed when dropped (and, on Linux, when this process
 /// dies, so Ctrl-C or a crash never leaves it behind).
 pub struct ChildNats {
@@ -68,14 +83,7 @@ impl ChildNats {
             .local_addr()?
             .port();
         let binary = nats_server_binary();
-        let mut command = Command::new(&binary);
-        command
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+        let mut command = nats_server_command(port, store.path());
         #[cfg(target_os = "linux")]
         // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
         unsafe {

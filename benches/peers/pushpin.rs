@@ -974,9 +974,9 @@ fn publish_item(
 pub async fn pushpin_run(clients: usize, rate: u32, seconds: f64) -> (Row, String) {
     let mut nats = Nats::single().await;
     nats.create_stream().await;
-    let backend = GripBackend::start(&nats.urls[0]).await;
+    let backend = GripBackend::start(&nats.first_url()).await;
     let pushpin = Pushpin::start(&backend, clients).await;
-    let feeder = Feeder::start(&nats.urls[0], pushpin.publish_url()).await;
+    let feeder = Feeder::start(&nats.first_url(), pushpin.publish_url()).await;
     let row = relay_run(
         &mut nats,
         std::slice::from_ref(&pushpin),

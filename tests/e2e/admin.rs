@@ -1,8 +1,6 @@
 //! The admin listener (`RELAY_ADMIN_LISTEN`): metrics and probes apart from the public API, and
 //! configuration typos named at start-up.
 
-use sse_relay::sse::SseItem;
-
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

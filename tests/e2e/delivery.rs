@@ -37,7 +37,7 @@ async fn a_client_receives_exactly_its_events_in_order(mode) {
     let mut client = SseClient::connect(&relay.url("/v1/deployments/d-exact/events"), None).await;
     // The first frame is the jittered retry advice: RELAY_RETRY ±50%.
     match client.next_item().await {
-        Some(sse_relay::sse::SseItem::Retry(ms)) => assert!((1000..=3000).contains(&ms), "{ms}"),
+        Some(SseItem::Retry(ms)) => assert!((1000..=3000).contains(&ms), "{ms}"),
         other => panic!("first frame should be retry:, got {other:?}"),
     }
     let events = client.events(200).await;
@@ -115,8 +115,7 @@ both_modes! {
 /// An idle stream gets `: hb` comments (RELAY_HEARTBEAT), before and after events, and the
 /// events between them arrive unchanged.
 async fn idle_streams_get_heartbeats(mode) {
-    use sse_relay::sse::SseItem;
-    let nats = Nats::start().await;
+        let nats = Nats::start().await;
     let relay = Relay::start_in(mode, &nats.url(), &[("RELAY_HEARTBEAT", "200ms")]).await;
     let publisher = Publisher::connect(&nats.url()).await;
     let mut client = SseClient::connect(&relay.url("/v1/deployments/d-hb/events"), None).await;

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use sse_relay::sse::SseItem;
 use tokio::time::Instant;
 
 use crate::support::*;

@@ -36,7 +36,7 @@ async fn client_resumes_on_another_replica_after_sigkill(mode) {
     // Whatever A sent before dying is either read completely or lost with the socket; either
     // way the client resumes from the last id it has.
     while let Some(item) = client.next_item().await {
-        if let sse_relay::sse::SseItem::Event(event) = item {
+        if let SseItem::Event(event) = item {
             received.push(event);
         }
     }

@@ -2,8 +2,6 @@
 //! it with the `opentelemetry-proto` types and keeps every span. Over plain HTTP, or over TLS
 //! with a certificate from a CA made for the test (`Receiver::start_tls`).
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 

@@ -1,7 +1,6 @@
 //! Resume rules: Last-Event-ID header beats the query, `relay.gap` and `relay.reset` without ids.
 
 use crate::support::*;
-use sse_relay::sse::{SseEvent, SseItem};
 
 /// The control event that opens a resumed stream, then the events after it.
 async fn opening(client: &mut SseClient) -> SseEvent {

@@ -257,7 +257,7 @@ async fn a_recreated_stream_restarts_the_live_tail_and_resets_clients() {
     assert_eq!(new, vec![1, 2], "the recreated stream starts over");
     // The open stream ends (the tail noticed); nothing of the new stream arrives on it.
     while let Some(item) = client.next_item().await {
-        if let sse_relay::sse::SseItem::Event(event) = item {
+        if let SseItem::Event(event) = item {
             panic!("unexpected event on the old stream: {event:?}");
         }
     }

@@ -4,6 +4,11 @@
 use crate::otlp::Receiver;
 use crate::support::*;
 
+/// OTLP span kinds (`opentelemetry.proto.trace.v1.Span.SpanKind`).
+const SERVER: i32 = 2;
+const PRODUCER: i32 = 4;
+const CONSUMER: i32 = 5;
+
 fn otel_env(receiver: &Receiver, service: &str) -> Vec<(String, String)> {
     vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
@@ -53,6 +58,7 @@ async fn one_trace_from_publish_to_delivery() {
         .wait_for("publish", |s| s.name == "publish deploy.d-trace")
         .await;
     assert_eq!(publish.service, "pipeline-worker");
+    assert_eq!(publish.kind, PRODUCER);
     assert_eq!(
         publish.attr("messaging.destination.name"),
         Some("deploy.d-trace")
@@ -66,6 +72,7 @@ async fn one_trace_from_publish_to_delivery() {
         .wait_for("deliver", |s| s.name == "deliver deploy.d-trace")
         .await;
     assert_eq!(deliver.service, "relay-under-test");
+    assert_eq!(deliver.kind, CONSUMER);
     assert_eq!(deliver.trace_id, publish.trace_id, "one trace");
     assert_eq!(
         deliver.parent_span_id, publish.span_id,
@@ -119,6 +126,7 @@ async fn an_inbound_traceparent_is_continued() {
         })
         .await;
     assert_eq!(span.name, "GET /v1/deployments/{id}/timeline");
+    assert_eq!(span.kind, SERVER);
     assert_eq!(span.parent_span_id, parent);
     assert_eq!(
         span.attr("http.route"),
