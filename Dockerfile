@@ -30,15 +30,19 @@ RUN case "${TARGETARCH:-amd64}" in \
          && rm -rf /var/lib/apt/lists/* \
          && rustup target add "$target"; \
        fi
-# Dependencies first, so source edits reuse the cached dependency layer.
+# Dependencies first, so source edits reuse the cached dependency layer. The workspace's test
+# kit and the benchmark are never built here, but cargo reads the targets the manifests declare
+# (empty stand-ins, kept for the second build).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && cargo build --release --locked --target "$(cat /rust-target)" \
+COPY testkit/Cargo.toml ./testkit/
+RUN mkdir src testkit/src benches && echo 'fn main() {}' | tee src/main.rs benches/load.rs >/dev/null \
+    && touch src/lib.rs testkit/src/lib.rs \
+    && cargo build --release --locked --package sse-relay --target "$(cat /rust-target)" \
     && rm -rf src
 COPY nats ./nats
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --target "$(cat /rust-target)" \
+    && cargo build --release --locked --package sse-relay --target "$(cat /rust-target)" \
     && cp "target/$(cat /rust-target)/release/sse-relay" /sse-relay
 
 FROM ${RUNTIME_IMAGE}
