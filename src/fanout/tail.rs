@@ -41,6 +41,9 @@ pub struct TailSettings {
 /// First and longest pause before the firehose is opened again.
 const START_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(1);
+/// How long failed opens are logged at debug only when the relay starts: the health watcher is
+/// usually still provisioning the stream the tail tries to follow.
+const QUIET_START: Duration = Duration::from_secs(3);
 
 /// How often the tail checks the stream: that it is still the one it follows (the ordered
 /// consumer keeps retrying on a deleted stream without an error), and that the tail keeps up.
@@ -248,6 +251,7 @@ impl LiveTail {
         let inner = &self.inner;
         let mut on_started = Some(on_started);
         let mut delay = START_RETRY;
+        let quiet_until = Instant::now() + QUIET_START;
         loop {
             let opened = async {
                 let after = inner.start_point().await?;
@@ -276,7 +280,11 @@ impl LiveTail {
             let mut feed = match opened {
                 Ok(feed) => feed,
                 Err(err) => {
-                    tracing::warn!(error = %err, "live tail cannot follow the stream yet");
+                    if on_started.is_none() || Instant::now() > quiet_until {
+                        tracing::warn!(error = %err, "live tail cannot follow the stream yet");
+                    } else {
+                        tracing::debug!(error = %err, "live tail cannot follow the stream yet");
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}

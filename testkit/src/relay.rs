@@ -83,6 +83,8 @@ pub struct Relay {
     pub addr: SocketAddr,
     /// The admin listener (`RELAY_ADMIN_LISTEN`): `/metrics`, `/healthz`, `/readyz`.
     pub admin: SocketAddr,
+    /// Every `WARN` and `ERROR` line so far, as `message: error`.
+    warnings: tokio::sync::watch::Receiver<Vec<String>>,
 }
 
 impl Relay {
@@ -108,6 +110,7 @@ impl Relay {
         let mut proc = Proc::spawn(&mut command);
         let stderr = proc.child.stderr.take().expect("stderr piped");
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let (warned, warnings) = tokio::sync::watch::channel(Vec::new());
         tokio::spawn(async move {
             let mut tx = Some(tx);
             let mut lines = BufReader::new(stderr).lines();
@@ -118,12 +121,14 @@ impl Relay {
                         tx.send(addrs).ok();
                     }
                 }
+                if let Some(v) = json.as_ref().filter(|v| is_warning(v)) {
+                    let warning = format!("{}: {}", v["message"], v["error"]);
+                    warned.send_modify(|all| all.push(warning));
+                }
                 match echo {
                     Echo::All => eprintln!("[relay] {line}"),
                     Echo::Warnings => {
-                        if let Some(v) =
-                            json.filter(|v| v["level"] == "WARN" || v["level"] == "ERROR")
-                        {
+                        if let Some(v) = json.filter(is_warning) {
                             eprintln!("  [relay] {} {}", v["message"], v["error"]);
                         }
                     }
@@ -134,7 +139,34 @@ impl Relay {
             .await
             .expect("relay listening in time")
             .expect("relay printed its addresses");
-        Relay { proc, addr, admin }
+        Relay {
+            proc,
+            addr,
+            admin,
+            warnings,
+        }
+    }
+
+    /// The `WARN` and `ERROR` lines logged so far, as `message: error`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.borrow().clone()
+    }
+
+    /// Waits until a warning containing `text` is logged; panics after [`WAIT`].
+    pub async fn wait_warning(&self, text: &str) -> String {
+        let mut warnings = self.warnings.clone();
+        let found = timeout(
+            WAIT,
+            warnings.wait_for(|all| all.iter().any(|w| w.contains(text))),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no warning containing {text:?} in time"))
+        .expect("relay log reader alive");
+        found
+            .iter()
+            .find(|w| w.contains(text))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Starts `serve` and waits until `/readyz` is 200.
@@ -262,4 +294,9 @@ fn listening_addrs(v: &serde_json::Value) -> Option<(SocketAddr, SocketAddr)> {
         v.get("addr")?.as_str()?.parse().ok()?,
         v.get("admin")?.as_str()?.parse().ok()?,
     ))
+}
+
+/// A JSON log line at `WARN` or `ERROR`.
+fn is_warning(line: &serde_json::Value) -> bool {
+    line["level"] == "WARN" || line["level"] == "ERROR"
 }

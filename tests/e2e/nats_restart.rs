@@ -67,6 +67,40 @@ async fn streams_survive_a_nats_restart_exactly_once(mode) {
 }
 
 both_modes! {
+/// `RELAY_STREAM_MANAGE=false` with no stream yet: the relay is alive, not ready, and warns that
+/// the stream is missing (in shared mode the live tail too, once its first quiet retries are
+/// spent); when another replica creates the stream it becomes ready and serves. A replica that
+/// manages the stream starts without a single warning, though its live tail may first try the
+/// stream before the health watcher has created it.
+async fn a_missing_stream_is_waited_for_and_a_managed_one_starts_quietly(mode) {
+    let nats = Nats::start().await;
+    let unmanaged = Relay::spawn_in(mode, &nats.url(), &[("RELAY_STREAM_MANAGE", "false")]).await;
+    let missing = unmanaged.wait_warning("stream unreachable").await;
+    assert!(missing.contains("stream not found"), "{missing}");
+    if mode == Fanout::Shared {
+        let tail = unmanaged
+            .wait_warning("live tail cannot follow the stream yet")
+            .await;
+        assert!(tail.contains("stream not found"), "{tail}");
+    }
+    let (status, body) = get_json(&unmanaged.admin_url("/readyz")).await;
+    assert_eq!((status, &body["reason"]), (503, &serde_json::json!("stream_unreachable")));
+
+    let managing = Relay::start_in(mode, &nats.url(), &[]).await;
+    assert_eq!(managing.warnings(), Vec::<String>::new());
+    unmanaged.wait_ready_status(200).await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let seq = publisher.deploy("d-1", r#"{"hello":1}"#).await;
+    for relay in [&unmanaged, &managing] {
+        let mut client = SseClient::connect(&relay.url("/v1/deployments/d-1/events"), None).await;
+        let event = client.next_event().await;
+        assert_eq!((event.id, event.data), (Some(seq.to_string()), r#"{"hello":1}"#.to_owned()));
+    }
+    assert_eq!(managing.warnings(), Vec::<String>::new());
+}
+}
+
+both_modes! {
 async fn a_relay_without_nats_is_alive_but_not_ready(mode) {
     let mut nats = Nats::start().await;
     nats.stop().await;
