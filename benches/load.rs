@@ -19,7 +19,8 @@
 //!   which a replica's clients watch all, a tenth or a hundredth: one firehose consumer (the
 //!   `shared` mode) against one ordered consumer per watched subject (what the `consumer` mode
 //!   does with one client per subject); relay and nats-server CPU, consumers;
-//! - `scale`: 3 relay replicas on a 3-node NATS cluster, a NATS node SIGKILLed halfway.
+//! - `scale`: 3 relay replicas on a 3-node NATS cluster, a NATS node SIGKILLed halfway
+//!   (`relay-nats-2`; `BENCH_KILL_NODE` names another, `leader` the stream's leader then).
 //!
 //! Fan-out modes (`RELAY_FANOUT`, given to every relay started): `BENCH_MODES=consumer,shared`
 //! (default: both) — `consumer` is one JetStream ordered consumer per SSE client, `shared` one live
@@ -150,6 +151,28 @@ impl Nats {
             Nats::Single(_) => panic!("a single server has no node {name}"),
             Nats::Cluster(cluster) => cluster.kill(name).await,
         }
+    }
+
+    /// The node a scale-out run kills: `BENCH_KILL_NODE` names it (`relay-nats-2` unless set);
+    /// `leader` is the stream's leader at that moment — the worst case, as JetStream stores
+    /// nothing until a new leader is elected.
+    async fn node_to_kill(&mut self) -> String {
+        let wanted = std::env::var("BENCH_KILL_NODE").unwrap_or_else(|_| "relay-nats-2".into());
+        if wanted != "leader" {
+            return wanted;
+        }
+        let urls = self.live_urls();
+        let name = sse_relay::jetstream::stream_definition().name.clone();
+        let client = async_nats::connect(urls.as_slice()).await.expect("connect");
+        let mut stream = async_nats::jetstream::new(client)
+            .get_stream(name)
+            .await
+            .expect("stream");
+        let info = stream.info().await.expect("stream info");
+        info.cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .expect("the stream has a leader")
     }
 
     /// The relay's stream as the ceiling's publishers need it (no relay provisions it there).
@@ -779,7 +802,9 @@ async fn relay_run_over<S: Server>(
     });
     if kill_node_mid_run {
         tokio::time::sleep(Duration::from_secs_f64(seconds / 2.0)).await;
-        nats.kill_node("relay-nats-2").await;
+        let node = nats.node_to_kill().await;
+        eprintln!("  killing NATS node {node}");
+        nats.kill_node(&node).await;
     }
     let expected = publisher.await.expect("publisher");
     let elapsed = started.elapsed().as_secs_f64();
@@ -1812,7 +1837,8 @@ async fn main() {
 
     if parts.contains(&"scale") && !modes.is_empty() {
         emit(String::new());
-        emit("Scale-out: 3 relay replicas on a fresh 3-node NATS cluster (R3 stream) per mode, clients spread round robin, NATS node 2 SIGKILLed halfway.\n".to_owned());
+        let killed = std::env::var("BENCH_KILL_NODE").unwrap_or_else(|_| "relay-nats-2".into());
+        emit(format!("Scale-out: 3 relay replicas on a fresh 3-node NATS cluster (R3 stream) per mode, clients spread round robin, NATS node {killed} SIGKILLed halfway.\n"));
         emit(Row::header());
         for &mode in &modes {
             let mut cluster = Nats::cluster().await;

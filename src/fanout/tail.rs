@@ -15,7 +15,8 @@ use std::time::Duration;
 use futures::task::AtomicWaker;
 
 use async_nats::jetstream::stream;
-use futures::StreamExt;
+use futures::future::{Fuse, FusedFuture};
+use futures::{FutureExt, StreamExt};
 use metrics::{counter, gauge};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -302,13 +303,20 @@ impl LiveTail {
             let mut progress = Progress::default();
             let mut check = tokio::time::interval(STREAM_CHECK);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The check's request runs beside the feed, not in its way: while the stream has no
+            // leader it waits out the API timeout, and the feed may be delivering all along.
+            let checking = Fuse::terminated();
+            tokio::pin!(checking);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         gauge!(LIVE_SOURCES).set(0.0);
                         return;
                     }
-                    _ = check.tick() => match inner.check_stream(&mut progress).await {
+                    _ = check.tick(), if checking.is_terminated() => {
+                        checking.set(inner.store.stream_info().fuse());
+                    }
+                    info = &mut checking => match inner.check_stream(info, &mut progress) {
                         StreamCheck::Following => {}
                         StreamCheck::Recreated => {
                             tracing::warn!("the stream was recreated; the live tail starts over");
@@ -481,12 +489,16 @@ impl Inner {
         Ok(state.last_seq)
     }
 
-    /// Compares the stream with what the tail has taken in (one request; a failed request says
-    /// nothing): another creation time means the stream was recreated; a stream ahead of a tail
+    /// Compares the stream, as one request read it, with what the tail has taken in (a failed
+    /// request says nothing): another creation time means the stream was recreated; a stream ahead of a tail
     /// that made no progress since the last check that already saw it ahead means the tail's
     /// consumer stalled (e.g. re-created on a NATS node that is gone).
-    async fn check_stream(&self, progress: &mut Progress) -> StreamCheck {
-        let Ok(info) = self.store.stream_info().await else {
+    fn check_stream(
+        &self,
+        info: Result<stream::Info, StoreError>,
+        progress: &mut Progress,
+    ) -> StreamCheck {
+        let Ok(info) = info else {
             return StreamCheck::Following;
         };
         let (created, taken) = {
