@@ -19,8 +19,9 @@
 //!   which a replica's clients watch all, a tenth or a hundredth: one firehose consumer (the
 //!   `shared` mode) against one ordered consumer per watched subject (what the `consumer` mode
 //!   does with one client per subject); relay and nats-server CPU, consumers;
-//! - `scale`: 3 relay replicas on a 3-node NATS cluster, a NATS node SIGKILLed halfway
-//!   (`relay-nats-2`; `BENCH_KILL_NODE` names another, `leader` the stream's leader then).
+//! - `scale`: 3 relay replicas on a 3-node NATS cluster, a NATS node SIGKILLed halfway: the
+//!   stream's leader at that moment (the worst case), or the node `BENCH_KILL_NODE` names
+//!   (`relay-nats-1` to `relay-nats-3`).
 //!
 //! Fan-out modes (`RELAY_FANOUT`, given to every relay started): `BENCH_MODES=consumer,shared`
 //! (default: both) — `consumer` is one JetStream ordered consumer per SSE client, `shared` one live
@@ -153,11 +154,11 @@ impl Nats {
         }
     }
 
-    /// The node a scale-out run kills: `BENCH_KILL_NODE` names it (`relay-nats-2` unless set);
-    /// `leader` is the stream's leader at that moment — the worst case, as JetStream stores
+    /// The node a scale-out run kills: the one `BENCH_KILL_NODE` names, else (or if it says
+    /// `leader`) the stream's leader at that moment — the worst case, as JetStream stores
     /// nothing until a new leader is elected.
     async fn node_to_kill(&mut self) -> String {
-        let wanted = std::env::var("BENCH_KILL_NODE").unwrap_or_else(|_| "relay-nats-2".into());
+        let wanted = killed_node();
         if wanted != "leader" {
             return wanted;
         }
@@ -800,11 +801,12 @@ async fn relay_run_over<S: Server>(
         let run = run.clone();
         async move { publish_over(&urls, &run, rate, seconds, subjects).await }
     });
+    let mut killed = None;
     if kill_node_mid_run {
         tokio::time::sleep(Duration::from_secs_f64(seconds / 2.0)).await;
         let node = nats.node_to_kill().await;
-        eprintln!("  killing NATS node {node}");
         nats.kill_node(&node).await;
+        killed = Some(node);
     }
     let expected = publisher.await.expect("publisher");
     let elapsed = started.elapsed().as_secs_f64();
@@ -841,8 +843,9 @@ async fn relay_run_over<S: Server>(
     row.nats_cpu = nats_cpu;
     row.consumers = consumers;
     row.reopened = reopened;
-    if kill_node_mid_run {
-        row.note = Some(store_latency_note(&nats.url_list(), &received).await);
+    if let Some(node) = killed {
+        let latency = store_latency_note(&nats.url_list(), &received).await;
+        row.note = Some(format!("  ↳ {node} killed halfway\n{latency}"));
     }
     row
 }
@@ -1837,8 +1840,11 @@ async fn main() {
 
     if parts.contains(&"scale") && !modes.is_empty() {
         emit(String::new());
-        let killed = std::env::var("BENCH_KILL_NODE").unwrap_or_else(|_| "relay-nats-2".into());
-        emit(format!("Scale-out: 3 relay replicas on a fresh 3-node NATS cluster (R3 stream) per mode, clients spread round robin, NATS node {killed} SIGKILLed halfway.\n"));
+        let killed = match killed_node().as_str() {
+            "leader" => "the stream's leader".to_owned(),
+            node => format!("node {node}"),
+        };
+        emit(format!("Scale-out: 3 relay replicas on a fresh 3-node NATS cluster (R3 stream) per mode, clients spread round robin, NATS {killed} SIGKILLed halfway.\n"));
         emit(Row::header());
         for &mode in &modes {
             let mut cluster = Nats::cluster().await;
@@ -1896,4 +1902,9 @@ async fn main() {
         eprintln!("FAILED: {lost} events lost and {duplicated} duplicated over the run");
         std::process::exit(1);
     }
+}
+
+/// `BENCH_KILL_NODE`, or `leader`.
+fn killed_node() -> String {
+    std::env::var("BENCH_KILL_NODE").unwrap_or_else(|_| "leader".into())
 }
