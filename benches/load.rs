@@ -1841,10 +1841,10 @@ async fn main() {
     if parts.contains(&"scale") && !modes.is_empty() {
         emit(String::new());
         let killed = match killed_node().as_str() {
-            "leader" => "the stream's leader".to_owned(),
-            node => format!("node {node}"),
+            "leader" => "the NATS node leading the stream".to_owned(),
+            node => format!("NATS node {node}"),
         };
-        emit(format!("Scale-out: 3 relay replicas on a fresh 3-node NATS cluster (R3 stream) per mode, clients spread round robin, NATS {killed} SIGKILLed halfway.\n"));
+        emit(format!("Scale-out: 3 relay replicas on a fresh 3-node NATS cluster (R3 stream) per mode, clients spread round robin, {killed} SIGKILLed halfway.\n"));
         emit(Row::header());
         for &mode in &modes {
             let mut cluster = Nats::cluster().await;
