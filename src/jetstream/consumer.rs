@@ -6,12 +6,14 @@
 //! lingers for its 30 s inactivity threshold); [`ConsumerLease`] deletes it, following the
 //! `<name>_<n>` names of its recreations.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self};
 use metrics::counter;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::{EventStore, StoreError, API_TIMEOUT};
@@ -39,6 +41,29 @@ pub(super) const CLIENT_PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// How long a failed consumer is re-created before the feed gives up (a client is then left to
 /// reconnect, to this or another replica, with its Last-Event-ID).
 const REOPEN_FOR: Duration = Duration::from_secs(30);
+
+/// Consumer creations one replica has in flight at most.
+const CREATIONS_IN_FLIGHT: usize = 64;
+/// Consumer deletions one replica has in flight at most (not urgent: an unreached consumer is
+/// removed by its inactivity threshold).
+const DELETIONS_IN_FLIGHT: usize = 32;
+
+/// Slots for consumer API requests, creations apart from deletions so that a backlog of
+/// deletions never delays a client's consumer.
+#[derive(Clone)]
+pub(super) struct RequestSlots {
+    creations: Arc<Semaphore>,
+    deletions: Arc<Semaphore>,
+}
+
+impl Default for RequestSlots {
+    fn default() -> Self {
+        Self {
+            creations: Arc::new(Semaphore::new(CREATIONS_IN_FLIGHT)),
+            deletions: Arc::new(Semaphore::new(DELETIONS_IN_FLIGHT)),
+        }
+    }
+}
 
 /// Where a (re)created consumer starts: after the last sequence its feed has.
 fn deliver_after(after: u64) -> DeliverPolicy {
@@ -80,11 +105,19 @@ impl EventStore {
         let lease = ConsumerLease {
             js: self.js.clone(),
             deletions: self.deletions.clone(),
+            deletion_slots: self.consumer_requests.deletions.clone(),
             stream: self.stream_name.to_string(),
             name_prefix: name,
             serial: 0,
         };
         let filters = &spec.filters;
+        // Never closed, so acquiring cannot fail.
+        let _slot = self
+            .consumer_requests
+            .creations
+            .acquire()
+            .await
+            .map_err(StoreError::unavailable)?;
         let messages = tokio::time::timeout(API_TIMEOUT, async {
             let stream = self.js.get_stream_no_info(&*self.stream_name).await?;
             let consumer: jetstream::consumer::Consumer<OrderedConfig> =
@@ -134,6 +167,7 @@ impl EventStore {
 pub(super) struct ConsumerLease {
     js: jetstream::Context,
     deletions: TaskTracker,
+    deletion_slots: Arc<Semaphore>,
     stream: String,
     /// The first consumer's name; recreations are `<prefix>_<n>`.
     name_prefix: String,
@@ -175,11 +209,15 @@ impl Drop for ConsumerLease {
             return; // Shutting down: the inactivity threshold removes it.
         };
         let js = self.js.clone();
+        let slots = self.deletion_slots.clone();
         let stream = std::mem::take(&mut self.stream);
         let names: Vec<String> = (self.serial..=self.serial + RECREATIONS_TO_PROBE)
             .map(|serial| self.name(serial))
             .collect();
         self.deletions.spawn_on(async move {
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
             // The live consumer is the last seen or a later recreation; earlier ones were
             // deleted by the recreation itself. Stop at the first that exists.
             for name in names {

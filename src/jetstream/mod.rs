@@ -77,6 +77,11 @@ pub struct EventStore {
     next_consumer: Arc<AtomicU64>,
     /// Consumer deletions in flight, awaited at shutdown.
     deletions: TaskTracker,
+    /// Bounds this replica's consumer creations (and, apart, deletions) in flight. When every
+    /// feed re-creates its consumer at once (a stream leader lost under thousands of clients),
+    /// unbounded requests all wait in the server's API queue, all time out and are all retried;
+    /// bounded, they are served in turn, each timed from when it is sent.
+    consumer_requests: consumer::RequestSlots,
 }
 
 impl EventStore {
@@ -139,6 +144,7 @@ impl EventStore {
             replica_id: new_replica_id().into(),
             next_consumer: Arc::new(AtomicU64::new(1)),
             deletions: TaskTracker::new(),
+            consumer_requests: consumer::RequestSlots::default(),
         }
     }
 
