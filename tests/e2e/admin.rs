@@ -46,21 +46,29 @@ async fn metrics_are_served_on_the_admin_listener_only() {
 async fn a_draining_replica_says_so_on_the_admin_listener() {
     let nats = Nats::start().await;
     let mut relay = Relay::start(&nats.url(), &[("RELAY_DRAIN_TIMEOUT", "4s")]).await;
-    // An open stream keeps the drain going long enough to read /readyz during it.
-    let mut client = SseClient::connect(&relay.url("/v1/deployments/d-1/events"), None).await;
+    // Open streams keep the drain going long enough to read /readyz during it: each ends at a
+    // random point of the 3 s spread, and the drain lasts until the last one has (one stream
+    // alone ended within 21 ms once, and the process was gone before /readyz was asked).
+    const STREAMS: usize = 20;
+    let mut clients = Vec::new();
+    for _ in 0..STREAMS {
+        clients.push(SseClient::connect(&relay.url("/v1/deployments/d-1/events"), None).await);
+    }
     relay
-        .wait_metric("relay_connections{kind=\"deployment\"}", 1.0)
+        .wait_metric("relay_connections{kind=\"deployment\"}", STREAMS as f64)
         .await;
     relay.sigterm();
     relay.wait_ready_status(503).await;
     let (status, body) = get_json(&relay.admin_url("/readyz")).await;
     assert_eq!((status, body["reason"].as_str()), (503, Some("draining")));
-    // The client is told to go elsewhere, then the process exits cleanly.
-    loop {
-        match client.next_item().await {
-            Some(SseItem::Event(e)) if e.event == "relay.drain" => break,
-            Some(_) => continue,
-            None => panic!("stream ended without relay.drain"),
+    // Every client is told to go elsewhere, then the process exits cleanly.
+    for client in &mut clients {
+        loop {
+            match client.next_item().await {
+                Some(SseItem::Event(e)) if e.event == "relay.drain" => break,
+                Some(_) => continue,
+                None => panic!("stream ended without relay.drain"),
+            }
         }
     }
     assert!(relay.wait_exit().await.success());
