@@ -490,9 +490,9 @@ impl Inner {
     }
 
     /// Compares the stream, as one request read it, with what the tail has taken in (a failed
-    /// request says nothing): another creation time means the stream was recreated; a stream ahead of a tail
-    /// that made no progress since the last check that already saw it ahead means the tail's
-    /// consumer stalled (e.g. re-created on a NATS node that is gone).
+    /// request says nothing): another creation time means the stream was recreated; a stream
+    /// ahead of a tail that made no progress since the last check that already saw it ahead
+    /// means the tail's consumer stalled (e.g. re-created on a NATS node that is gone).
     fn check_stream(
         &self,
         info: Result<stream::Info, StoreError>,
