@@ -162,17 +162,9 @@ impl Nats {
         if wanted != "leader" {
             return wanted;
         }
-        let urls = self.live_urls();
-        let name = sse_relay::jetstream::stream_definition().name.clone();
-        let client = async_nats::connect(urls.as_slice()).await.expect("connect");
-        let mut stream = async_nats::jetstream::new(client)
-            .get_stream(name)
+        self.stream_info()
             .await
-            .expect("stream");
-        let info = stream.info().await.expect("stream info");
-        info.cluster
-            .as_ref()
-            .and_then(|c| c.leader.clone())
+            .and_then(|info| info.cluster?.leader)
             .expect("the stream has a leader")
     }
 
@@ -191,6 +183,11 @@ impl Nats {
 
     /// The stream's `consumer_count` as the server reports it now (None if it cannot be asked).
     async fn consumer_count(&mut self) -> Option<usize> {
+        Some(self.stream_info().await?.state.consumer_count)
+    }
+
+    /// The stream's info from the nodes still running (None if it cannot be asked in 10 s).
+    async fn stream_info(&mut self) -> Option<async_nats::jetstream::stream::Info> {
         let urls = self.live_urls();
         let name = sse_relay::jetstream::stream_definition().name.clone();
         tokio::time::timeout(Duration::from_secs(10), async move {
@@ -199,7 +196,7 @@ impl Nats {
                 .get_stream(name)
                 .await
                 .ok()?;
-            Some(stream.cached_info().state.consumer_count)
+            Some(stream.cached_info().clone())
         })
         .await
         .ok()

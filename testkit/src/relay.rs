@@ -162,11 +162,8 @@ impl Relay {
         .await
         .unwrap_or_else(|_| panic!("no warning containing {text:?} in time"))
         .expect("relay log reader alive");
-        found
-            .iter()
-            .find(|w| w.contains(text))
-            .cloned()
-            .unwrap_or_default()
+        let warning = found.iter().find(|w| w.contains(text));
+        warning.cloned().expect("the warning wait_for matched")
     }
 
     /// Starts `serve` and waits until `/readyz` is 200.
