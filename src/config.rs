@@ -106,6 +106,18 @@ pub struct Config {
     /// is closed.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// NATS or the stream unreachable this long: every open stream is ended (`unavailable`) so
+    /// its client resumes on a ready replica. Zero: never.
+    #[serde(with = "humantime_serde")]
+    pub shed_unreachable_after: Duration,
+    /// Live events delivered this late, sustained: the replica turns not ready (`lagging`) and
+    /// ends a share of its streams (`overloaded`). Zero: never.
+    #[serde(with = "humantime_serde")]
+    pub shed_lag: Duration,
+    /// A stream older than this (±10 %) ends (`rebalance`), so connections spread over replicas
+    /// added later. Zero: unlimited.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
     pub auth: AuthMode,
     pub jwt_secret: Option<String>,
     pub jwt_public_key_file: Option<PathBuf>,
@@ -146,6 +158,9 @@ impl Default for Config {
             retry: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(20),
             write_timeout: Duration::from_secs(30),
+            shed_unreachable_after: Duration::from_secs(15),
+            shed_lag: Duration::from_secs(5),
+            max_connection_age: Duration::ZERO,
             auth: AuthMode::None,
             jwt_secret: None,
             jwt_public_key_file: None,
@@ -407,6 +422,18 @@ const VARIABLES: &[(&str, &str)] = &[
         "RELAY_WRITE_TIMEOUT",
         "a connection whose writes stall this long is closed",
     ),
+    (
+        "RELAY_SHED_UNREACHABLE_AFTER",
+        "NATS or the stream unreachable this long: end every stream (0: never)",
+    ),
+    (
+        "RELAY_SHED_LAG",
+        "live lag above this, sustained: not ready, end streams at 10 %/s (0: never)",
+    ),
+    (
+        "RELAY_MAX_CONNECTION_AGE",
+        "end streams older than this, +-10 %, to rebalance (0: unlimited)",
+    ),
     ("RELAY_AUTH", "none or jwt"),
     ("RELAY_JWT_SECRET", "HS256 secret"),
     ("RELAY_JWT_PUBLIC_KEY_FILE", "RS256/ES256 public key (PEM)"),
@@ -585,6 +612,9 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_secs(25));
         assert_eq!(c.retry, Duration::from_secs(2));
         assert_eq!(c.drain_timeout, Duration::from_secs(20));
+        assert_eq!(c.shed_unreachable_after, Duration::from_secs(15));
+        assert_eq!(c.shed_lag, Duration::from_secs(5));
+        assert_eq!(c.max_connection_age, Duration::ZERO);
         assert_eq!(c.auth, AuthMode::None);
         assert_eq!(c.log, "info");
         assert_eq!(c.log_format, LogFormat::Json);

@@ -11,6 +11,7 @@ pub mod open_files;
 pub mod publish;
 pub mod readiness;
 pub mod server;
+pub mod shedding;
 pub mod sse;
 pub mod subject;
 pub mod telemetry;

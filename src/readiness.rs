@@ -1,23 +1,45 @@
 //! Whether this replica should receive traffic: NATS connected, stream reachable, the live tail
-//! started (shared mode), not draining.
-//! Written by the NATS watcher and the shutdown path, read by `/readyz` and every SSE request.
+//! started (shared mode), not lagging, not draining.
+//! Written by the NATS watcher, the shedder and the shutdown path, read by `/readyz`, every SSE
+//! request and the shedder.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use metrics::gauge;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::telemetry::metrics::{DRAINING, NATS_CONNECTED};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Readiness {
     nats_connected: AtomicBool,
     stream_reachable: AtomicBool,
+    /// When the stream was last found reachable (or the replica started).
+    last_reachable: Mutex<Instant>,
     /// Shared mode: the live tail does not know where it starts yet.
     live_tail_pending: AtomicBool,
+    /// Live events reach clients late (`RELAY_SHED_LAG`).
+    lagging: AtomicBool,
     draining: AtomicBool,
     /// Told whenever one of the above changes.
     changed: Notify,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            nats_connected: AtomicBool::default(),
+            stream_reachable: AtomicBool::default(),
+            last_reachable: Mutex::new(Instant::now()),
+            live_tail_pending: AtomicBool::default(),
+            lagging: AtomicBool::default(),
+            draining: AtomicBool::default(),
+            changed: Notify::default(),
+        }
+    }
 }
 
 /// Why the replica is not ready.
@@ -27,6 +49,8 @@ pub enum NotReady {
     Unavailable,
     /// Shared mode: the live tail has not started.
     LiveTailPending,
+    /// Live events reach clients too late.
+    Lagging,
     /// Shutting down.
     Draining,
 }
@@ -43,6 +67,25 @@ impl Readiness {
 
     pub fn set_stream_reachable(&self, reachable: bool) {
         self.stream_reachable.store(reachable, Ordering::Relaxed);
+        if reachable {
+            *self.lock_last_reachable() = Instant::now();
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// How long since the stream was last found reachable (zero while it is).
+    pub fn unreachable_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(*self.lock_last_reachable())
+    }
+
+    fn lock_last_reachable(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.last_reachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_lagging(&self, lagging: bool) {
+        self.lagging.store(lagging, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
 
@@ -88,6 +131,8 @@ impl Readiness {
             Err(NotReady::Unavailable)
         } else if self.live_tail_pending.load(Ordering::Relaxed) {
             Err(NotReady::LiveTailPending)
+        } else if self.lagging.load(Ordering::Relaxed) {
+            Err(NotReady::Lagging)
         } else {
             Ok(())
         }

@@ -1,14 +1,16 @@
 //! Runs one relay replica: NATS connection, stream watcher, HTTP server, and the drain that ends
 //! it.
 //!
-//! Drain (on `shutdown`): `/readyz` turns 503 and new streams get `503 draining` at once; each
-//! open stream receives `relay.drain` and a jittered `retry:` at a random moment within three
-//! quarters of `RELAY_DRAIN_TIMEOUT`, then closes; once all are closed (or the time is up) the
-//! HTTP server stops, the consumers' deletions are awaited, and `serve` returns.
+//! Drain (on `shutdown`): `/readyz` turns 503 and new streams get `503 draining` at once; the
+//! shedder ends the open streams (`relay.drain`, a jittered `retry:`) spread over three quarters
+//! of `RELAY_DRAIN_TIMEOUT`; once all are closed (or the time is up) the HTTP server stops, the
+//! consumers' deletions are awaited, and `serve` returns. The shedder also ends streams while
+//! the replica runs: cut off from NATS, lagging, or past their age (`crate::shedding`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::metrics::gauge;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -19,7 +21,8 @@ use crate::fanout::{Fanout, LiveTail, TailSettings};
 use crate::http::{self, admin_router, router, AppState, ServeSettings, StallGuardedListener};
 use crate::jetstream::{self, EventStore, ServerTooOld};
 use crate::readiness::Readiness;
-use crate::telemetry::metrics;
+use crate::shedding::Shedder;
+use crate::telemetry::metrics::{self, MAX_CONNECTIONS};
 
 /// Connections the admin listener holds at once: probes and a few scrapers.
 const ADMIN_CONNECTIONS: usize = 64;
@@ -92,8 +95,23 @@ pub async fn serve(
             Fanout::Shared(tail)
         }
     };
-    let state = AppState::new(config.clone(), fanout, readiness.clone(), draining.clone())?;
+    let state = AppState::new(config.clone(), fanout, readiness.clone())?;
     let limits = state.limits.clone();
+    gauge!(MAX_CONNECTIONS).set(config.max_connections as f64);
+    let shedder_stop = CancellationToken::new();
+    let _shedder_guard = shedder_stop.clone().drop_guard();
+    tokio::spawn(
+        Shedder {
+            streams: state.streams.clone(),
+            readiness: readiness.clone(),
+            lag: state.live_lag.clone(),
+            unreachable_after: config.shed_unreachable_after,
+            draining: draining.clone(),
+            // Three quarters of the drain timeout: the rest is for closing and deleting consumers.
+            drain_spread: config.drain_timeout.mul_f64(0.75),
+        }
+        .run(shedder_stop),
+    );
     tokio::spawn({
         let (poll_rate, shutdown) = (state.poll_rate.clone(), shutdown.clone());
         async move {

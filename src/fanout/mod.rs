@@ -90,6 +90,8 @@ pub enum Fanout {
 pub struct Opened {
     pub opening: Option<Opening>,
     pub feed: ClientFeed,
+    /// Events above this sequence are live; those up to it are a replay.
+    pub live_after: u64,
 }
 
 impl Fanout {
@@ -105,13 +107,15 @@ impl Fanout {
                 Ok(Opened {
                     opening: subscription.opening,
                     feed: ClientFeed::Consumer(Box::new(subscription.feed)),
+                    live_after: subscription.live_after,
                 })
             }
             Fanout::Shared(tail) => {
-                let (opening, feed) = tail.open(subjects, resume).await?;
+                let (plan, feed) = tail.open(subjects, resume).await?;
                 Ok(Opened {
-                    opening,
+                    opening: plan.opening,
                     feed: ClientFeed::Shared(feed),
+                    live_after: plan.live_after,
                 })
             }
         }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::SharedFeed;
 use super::ring::Ring;
 use super::Delivery;
-use crate::jetstream::{EventStore, Opening, StartPlan, StoreError, TimelineEvent, TimelinePage};
+use crate::jetstream::{EventStore, StartPlan, StoreError, TimelineEvent, TimelinePage};
 use crate::subject::{ResumePoint, Subject, SubjectSet};
 use crate::telemetry::metrics::{CLIENTS_LAGGED, LIVE_SOURCES, RING_HITS, RING_MISSES};
 
@@ -351,7 +351,7 @@ impl LiveTail {
         &self,
         subjects: &SubjectSet,
         resume: Option<ResumePoint>,
-    ) -> Result<(Option<Opening>, SharedFeed), StoreError> {
+    ) -> Result<(StartPlan, SharedFeed), StoreError> {
         let inner = &self.inner;
         let subjects = subjects.nats_subjects();
         let slot = Arc::new(Slot {
@@ -381,7 +381,7 @@ impl LiveTail {
         };
         let plan = StartPlan::new(resume, &inner.stream_state_since(registered).await?);
         let feed = SharedFeed::new(inner.clone(), registration, plan.after);
-        Ok((plan.opening, feed))
+        Ok((plan, feed))
     }
 
     /// A timeline page: from the ring when it reaches back to `after`, else one batched direct

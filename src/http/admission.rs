@@ -47,6 +47,9 @@ async fn check_and_open(
         NotReady::Draining => ApiError::Draining,
         NotReady::Unavailable => ApiError::NotReady("NATS or the stream is unreachable".into()),
         NotReady::LiveTailPending => ApiError::NotReady("the live tail is starting".into()),
+        NotReady::Lagging => {
+            ApiError::NotReady("this replica delivers late; another one will serve".into())
+        }
     })?;
     let permit = state.limits.acquire(subjects).map_err(|over| {
         let (reason, message, subject) = match over {

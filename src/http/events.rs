@@ -73,12 +73,17 @@ async fn open_stream(
     if let Some(opening) = opened.opening {
         first.push_back(opening_frame(opening));
     }
-    let open = OpenConnection::new(permit, &subjects, resume, state.connection_id());
+    let open = OpenConnection::new(
+        permit,
+        &subjects,
+        resume,
+        state.connection_id(),
+        (state.live_lag.clone(), opened.live_after),
+    );
     let settings = BodySettings {
         heartbeat: state.config.heartbeat,
         retry: state.config.retry,
-        draining: state.draining.clone(),
-        drain_delay: state.drain_spread.mul_f64(rand::random::<f64>()),
+        ticket: state.streams.register(),
     };
     let body = SseBody::new(first, opened.feed, open, settings);
 

@@ -21,6 +21,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
                 NotReady::Unavailable if !state.readiness.nats_connected() => "nats_disconnected",
                 NotReady::Unavailable => "stream_unreachable",
                 NotReady::LiveTailPending => "live_tail_starting",
+                NotReady::Lagging => "lagging",
             };
             (
                 StatusCode::SERVICE_UNAVAILABLE,

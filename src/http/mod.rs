@@ -24,7 +24,6 @@ use std::time::Duration;
 use axum::http::{header, HeaderName, HeaderValue, Method, Uri};
 use axum::routing::get;
 use axum::Router;
-use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -37,6 +36,7 @@ pub use stall::StallGuardedListener;
 use crate::config::{Config, ConfigError};
 use crate::fanout::Fanout;
 use crate::readiness::Readiness;
+use crate::shedding::{LiveLag, OpenStreams};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -51,10 +51,10 @@ pub struct AppState {
     /// Timeline polls per client.
     pub poll_rate: Arc<PollRate>,
     pub authorizer: Arc<auth::Authorizer>,
-    /// Cancelled when the replica starts draining: each stream then closes at a random moment
-    /// within `drain_spread`.
-    pub draining: CancellationToken,
-    pub drain_spread: Duration,
+    /// The open streams, each of which the shedder may end (`relay.drain`).
+    pub streams: Arc<OpenStreams>,
+    /// How late live events reach this replica's clients.
+    pub live_lag: Arc<LiveLag>,
 }
 
 impl AppState {
@@ -62,7 +62,6 @@ impl AppState {
         config: Arc<Config>,
         fanout: Fanout,
         readiness: Arc<Readiness>,
-        draining: CancellationToken,
     ) -> Result<Self, ConfigError> {
         let authorizer = Arc::new(auth::Authorizer::from_config(&config)?);
         let address_header = (!config.client_address_header.is_empty())
@@ -77,14 +76,13 @@ impl AppState {
         Ok(Self {
             poll_rate,
             limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_key),
-            // Three quarters of the drain timeout: the rest is for closing and deleting consumers.
-            drain_spread: config.drain_timeout.mul_f64(0.75),
+            streams: OpenStreams::new(config.max_connection_age),
+            live_lag: Arc::new(LiveLag::new(config.shed_lag)),
             config,
             fanout,
             next_connection: Arc::new(AtomicU64::new(1)),
             readiness,
             authorizer,
-            draining,
         })
     }
 }

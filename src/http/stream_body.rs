@@ -1,35 +1,40 @@
 //! The body of one SSE response: opening frames, then each delivery's frame, heartbeats while
-//! idle, and `relay.drain` at this connection's turn in a drain (`docs/api.md` §2, §6).
+//! idle, and `relay.drain` when the replica ends the stream on purpose (`docs/api.md` §5, §10).
 //!
 //! Written as an `http_body::Body` by hand rather than a stream of futures: it is polled once
 //! per delivered event on every connection, so what it does per poll is what a delivery costs.
-//! A delivery is one queue pop, one histogram sample and the frame's bytes; the drain signal and
-//! the heartbeat timer are looked at only when the feed has nothing to give, and the delivered
-//! counter is added to when the connection goes idle, not per event.
+//! A delivery is one queue pop, one or two histogram samples and the frame's bytes; the stream's
+//! switch is one atomic load, the heartbeat timer is looked at only when the feed has nothing to
+//! give, and the shared counters are added to when the connection goes idle (or every
+//! [`REPORT_EVERY`] deliveries), not per event.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use http_body::Frame;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use opentelemetry::trace::TraceContextExt;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::limits::ConnectionPermit;
 use crate::fanout::ClientFeed;
 use crate::jetstream::RelayEvent;
+use crate::shedding::{LagWindow, LiveLag, ShedReason, StreamTicket};
 use crate::sse;
 use crate::subject::{ResumePoint, SubjectSet};
-use crate::telemetry::metrics::{CONNECTIONS, DELIVERY_LAG, EVENTS_DELIVERED};
+use crate::telemetry::metrics::{CONNECTIONS, DELIVERY_LAG, EVENTS_DELIVERED, LIVE_LAG};
 use crate::telemetry::{self, propagation};
+
+/// Deliveries after which a busy connection adds to the shared counters even if never idle.
+const REPORT_EVERY: u64 = 256;
 
 /// What an open connection holds besides its feed: its limit slots, its place in the
 /// connection gauge and its span. Dropped with the body, however the stream ends.
@@ -40,6 +45,12 @@ pub struct OpenConnection {
     /// Deliveries not yet added to `delivered`.
     unreported: u64,
     lag: Histogram,
+    live_lag: Histogram,
+    /// Events above this sequence are live; those up to it a replay.
+    live_after: u64,
+    /// The replica's live lag, and this connection's share not yet added to it.
+    live: Arc<LiveLag>,
+    live_counts: LagWindow,
     span: tracing::Span,
     connection_id: String,
     events: u64,
@@ -55,6 +66,7 @@ impl OpenConnection {
         subjects: &SubjectSet,
         resume: Option<ResumePoint>,
         connection_id: String,
+        live: (Arc<LiveLag>, u64),
     ) -> Self {
         let span = if !telemetry::exporting() {
             tracing::Span::none()
@@ -81,6 +93,10 @@ impl OpenConnection {
             delivered: counter!(EVENTS_DELIVERED),
             unreported: 0,
             lag: histogram!(DELIVERY_LAG),
+            live_lag: histogram!(LIVE_LAG),
+            live_after: live.1,
+            live: live.0,
+            live_counts: LagWindow::default(),
             span,
             connection_id,
             events: 0,
@@ -95,6 +111,13 @@ impl OpenConnection {
             .as_seconds_f64()
             .max(0.0);
         self.lag.record(lag);
+        if event.seq > self.live_after {
+            self.live_lag.record(lag);
+            self.live.classify(lag, &mut self.live_counts);
+        }
+        if self.unreported >= REPORT_EVERY {
+            self.report();
+        }
         if telemetry::exporting() {
             self.trace_delivery(event, lag);
         }
@@ -106,6 +129,7 @@ impl OpenConnection {
         if self.unreported > 0 {
             self.delivered.increment(self.unreported);
             self.unreported = 0;
+            self.live.add(&mut self.live_counts);
         }
     }
 
@@ -147,53 +171,14 @@ impl Drop for OpenConnection {
     }
 }
 
-/// This connection's part in a drain: once the replica starts draining, it waits its own
-/// random share of the spread, then the stream ends with `relay.drain`.
-enum Drain {
-    Watching {
-        draining: CancellationToken,
-        /// Registered the first time the feed is idle; checked with an atomic load otherwise.
-        signal: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-        delay: Duration,
-    },
-    Due(Pin<Box<Sleep>>),
-}
-
-impl Drain {
-    /// Ready when this connection's turn has come. `register` asks to be woken when the drain
-    /// starts (the feed is idle, so nothing else would wake the body).
-    fn poll_due(&mut self, cx: &mut Context<'_>, register: bool) -> Poll<()> {
-        if let Drain::Watching {
-            draining,
-            signal,
-            delay,
-        } = self
-        {
-            let started = draining.is_cancelled()
-                || (register
-                    && signal
-                        .get_or_insert_with(|| Box::pin(draining.clone().cancelled_owned()))
-                        .poll_unpin(cx)
-                        .is_ready());
-            if !started {
-                return Poll::Pending;
-            }
-            *self = Drain::Due(Box::pin(tokio::time::sleep(*delay)));
-        }
-        match self {
-            Drain::Due(sleep) => sleep.as_mut().poll(cx),
-            Drain::Watching { .. } => Poll::Pending,
-        }
-    }
-}
-
 /// The body of one SSE response.
 pub struct SseBody {
     first: VecDeque<Bytes>,
     feed: ClientFeed,
     heartbeat: Duration,
     retry: Duration,
-    drain: Drain,
+    /// The stream's place among the open ones, and its switch.
+    ticket: StreamTicket,
     /// Fires at the earliest moment a heartbeat may be due; re-armed only when it fires, not per
     /// frame (a timer-wheel update per delivered event costs more than reading the clock).
     idle: Pin<Box<Sleep>>,
@@ -207,9 +192,8 @@ pub struct SseBody {
 pub struct BodySettings {
     pub heartbeat: Duration,
     pub retry: Duration,
-    pub draining: CancellationToken,
-    /// This connection's wait, once a drain starts, before it is ended.
-    pub drain_delay: Duration,
+    /// Ends the stream on purpose (`relay.drain`).
+    pub ticket: StreamTicket,
 }
 
 impl SseBody {
@@ -225,11 +209,7 @@ impl SseBody {
             feed,
             heartbeat: settings.heartbeat,
             retry: settings.retry,
-            drain: Drain::Watching {
-                draining: settings.draining,
-                signal: None,
-                delay: settings.drain_delay,
-            },
+            ticket: settings.ticket,
             idle: Box::pin(tokio::time::sleep(settings.heartbeat)),
             last_frame: Instant::now(),
             open,
@@ -264,8 +244,8 @@ impl http_body::Body for SseBody {
         if let Some(frame) = this.first.pop_front() {
             return this.frame(frame);
         }
-        if this.drain.poll_due(cx, false).is_ready() {
-            return this.drained();
+        if let Some(reason) = this.ticket.switch.reason() {
+            return this.drained(reason);
         }
         match this.feed.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(delivery))) => {
@@ -284,8 +264,8 @@ impl http_body::Body for SseBody {
         // Idle: the connection's deliveries so far are counted, and the drain and the heartbeat
         // timer are what can wake it next.
         this.open.report();
-        if this.drain.poll_due(cx, true).is_ready() {
-            return this.drained();
+        if let Poll::Ready(reason) = this.ticket.switch.poll_ended(cx) {
+            return this.drained(reason);
         }
         while this.idle.as_mut().poll(cx).is_ready() {
             let due = this.last_frame + this.heartbeat;
@@ -302,16 +282,16 @@ impl http_body::Body for SseBody {
 
 impl SseBody {
     /// `relay.drain`, then a jittered `retry:` so drained clients do not return as one herd.
-    fn drained(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn drained(&mut self, reason: ShedReason) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let retry_ms = sse::jittered_retry_ms(self.retry);
         let mut frame = sse::control_frame(
             "relay.drain",
-            &serde_json::json!({"reason": "shutdown", "retry_ms": retry_ms}).to_string(),
+            &serde_json::json!({"reason": reason.as_str(), "retry_ms": retry_ms}).to_string(),
         )
         .to_vec();
         frame.extend_from_slice(&sse::retry_frame(retry_ms));
         self.done = true;
-        self.open.end_reason = "drain";
+        self.open.end_reason = reason.as_str();
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(frame)))))
     }
 }

@@ -27,6 +27,8 @@ use crate::subject::{ResumePoint, SubjectSet};
 pub struct Subscription {
     pub opening: Option<Opening>,
     pub feed: EventFeed,
+    /// Events above this sequence are live (stored after the client opened).
+    pub live_after: u64,
 }
 
 /// A feed failed in a way its own recovery does not cover; the client should reconnect.
@@ -61,6 +63,7 @@ impl EventStore {
         Ok(Subscription {
             opening: plan.opening,
             feed,
+            live_after: plan.live_after,
         })
     }
 

@@ -27,16 +27,21 @@ pub struct StartPlan {
     pub after: u64,
     /// What to tell the client first.
     pub opening: Option<Opening>,
+    /// The stream's last sequence when the client opened: events above it are live, the rest
+    /// are a replay (`relay_live_lag_seconds` counts only the live ones).
+    pub live_after: u64,
 }
 
 impl StartPlan {
     /// The plan for `resume` against the stream's current state.
     pub fn new(resume: Option<ResumePoint>, state: &stream::State) -> Self {
         let before_first = state.first_sequence.saturating_sub(1);
+        let live_after = state.last_sequence;
         let Some(ResumePoint(requested)) = resume else {
             return Self {
                 after: before_first,
                 opening: None,
+                live_after,
             };
         };
         if requested > state.last_sequence {
@@ -46,6 +51,7 @@ impl StartPlan {
                     requested,
                     last_seq: state.last_sequence,
                 }),
+                live_after,
             };
         }
         // requested <= last_sequence < u64::MAX, so +1 cannot overflow.
@@ -58,11 +64,13 @@ impl StartPlan {
                     requested,
                     first_available: state.first_sequence,
                 }),
+                live_after,
             };
         }
         Self {
             after: requested,
             opening: None,
+            live_after,
         }
     }
 }
@@ -91,7 +99,8 @@ mod tests {
             plan(None, 5, 10),
             StartPlan {
                 after: 4,
-                opening: None
+                opening: None,
+                live_after: 10
             }
         );
     }
@@ -102,7 +111,8 @@ mod tests {
             plan(Some(7), 5, 10),
             StartPlan {
                 after: 7,
-                opening: None
+                opening: None,
+                live_after: 10
             }
         );
         // Exactly at the end: nothing to replay, no reset.
@@ -120,7 +130,8 @@ mod tests {
                 opening: Some(Opening::Gap {
                     requested: 2,
                     first_available: 5
-                })
+                }),
+                live_after: 10
             }
         );
     }
@@ -134,7 +145,8 @@ mod tests {
                 opening: Some(Opening::Reset {
                     requested: 11,
                     last_seq: 10
-                })
+                }),
+                live_after: 10
             }
         );
         assert!(matches!(

@@ -3,7 +3,9 @@
 
 use std::sync::OnceLock;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTIONS: &str = "relay_connections";
@@ -22,6 +24,9 @@ pub const RING_MISSES: &str = "relay_ring_misses_total";
 pub const CATCH_UP_PAGES: &str = "relay_catch_up_pages_total";
 pub const HANDOVERS: &str = "relay_handovers_total";
 pub const CLIENTS_LAGGED: &str = "relay_clients_lagged_total";
+pub const STREAMS_SHED: &str = "relay_streams_shed_total";
+pub const LIVE_LAG: &str = "relay_live_lag_seconds";
+pub const MAX_CONNECTIONS: &str = "relay_max_connections";
 
 /// Delivery lag buckets: from a millisecond (live events) to minutes (a replayed backlog).
 const LAG_BUCKETS: &[f64] = &[
@@ -44,6 +49,7 @@ pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(DELIVERY_LAG.to_owned()), LAG_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(LIVE_LAG.to_owned()), LAG_BUCKETS))
             // Only an empty bucket list fails, which LAG_BUCKETS is not.
             .unwrap_or_else(|_| PrometheusBuilder::new())
             .build_recorder();
@@ -92,6 +98,19 @@ fn describe() {
         Unit::Seconds,
         "Now minus the message's JetStream timestamp, at delivery"
     );
+    describe_histogram!(
+        LIVE_LAG,
+        Unit::Seconds,
+        "Live deliveries only (events stored after the stream opened): now minus the message's JetStream timestamp, at delivery"
+    );
+    describe_counter!(
+        STREAMS_SHED,
+        "Streams the replica ended on purpose with relay.drain, by reason (shutdown, unavailable, overloaded, rebalance)"
+    );
+    describe_gauge!(
+        MAX_CONNECTIONS,
+        "The configured limit of SSE connections (RELAY_MAX_CONNECTIONS)"
+    );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS");
     describe_gauge!(DRAINING, "1 while the replica drains for shutdown");
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
@@ -133,6 +152,9 @@ fn describe() {
     ] {
         counter!(CONNECTIONS_REJECTED, "reason" => reason).absolute(0);
     }
+    for reason in crate::shedding::ShedReason::ALL {
+        counter!(STREAMS_SHED, "reason" => reason.as_str()).absolute(0);
+    }
     for name in [
         EVENTS_DELIVERED,
         RESUMES,
@@ -146,6 +168,9 @@ fn describe() {
     ] {
         counter!(name).absolute(0);
     }
+    // Registered, so a scrape lists them before the first delivery.
+    let _ = histogram!(DELIVERY_LAG);
+    let _ = histogram!(LIVE_LAG);
     gauge!(LIVE_SOURCES).set(0.0);
     gauge!(NATS_CONNECTED).set(0.0);
     gauge!(DRAINING).set(0.0);

@@ -65,6 +65,9 @@ async fn sigterm_drains_every_client_to_another_replica(mode) {
                     match item {
                         SseItem::Event(e) if e.event == "relay.drain" => {
                             assert_eq!(e.id, None, "control events carry no id");
+                            let data: serde_json::Value =
+                                serde_json::from_str(&e.data).expect("JSON");
+                            assert_eq!(data["reason"], "shutdown", "{}", e.data);
                             drained = true;
                         }
                         SseItem::Event(e) => {
