@@ -19,7 +19,7 @@ DEPLOY_CHECK_STAMP := $(VENV)/.installed-$(shell echo '$(DEPLOY_CHECK_PACKAGES)'
 # Browser tests: Debian's Chromium and nginx (installed when missing), playwright-core from npm.
 BROWSER_DIR := tests/browser
 
-.PHONY: help tools deploy-tools browser-tools run test test-browser check-deploy image bench clean screenshot
+.PHONY: help tools deploy-tools browser-tools fault-tools run test test-browser check-deploy image bench clean screenshot
 
 help:
 	@echo "make run    - install what is missing, build, and run the demo (Ctrl-C stops it)"
@@ -69,6 +69,16 @@ browser-tools: $(BROWSER_DIR)/node_modules/.package-lock.json
 $(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package-lock.json
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
+# The fault tests: tests/e2e/faults.rs makes namespaces with iproute2 and faults with iptables,
+# tests/e2e/shedding.rs sets a relay's clock ahead with libfaketime. Debian's packages,
+# installed when missing.
+fault-tools:
+	@[ -x /usr/sbin/ip -o -x /sbin/ip ] && [ -x /usr/sbin/iptables -o -x /sbin/iptables ] && \
+	  ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { \
+	  echo "installing Debian's iproute2, iptables and libfaketime"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq iproute2 iptables libfaketime >/dev/null; }
+
 # The board in Chromium behind nginx, against real relays (needs the debug binary).
 test-browser: tools browser-tools
 	$(CARGO) build --quiet
@@ -85,7 +95,7 @@ run: tools
 	RELAY_LOG="$${RELAY_LOG:-warn,sse_relay=info}" RELAY_LOG_FORMAT="$${RELAY_LOG_FORMAT:-pretty}" \
 	  $(CARGO) run --quiet -- demo
 
-test: tools check-deploy browser-tools
+test: tools check-deploy browser-tools fault-tools
 	$(CARGO) fmt --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace

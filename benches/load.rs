@@ -86,13 +86,13 @@ use sse_client::{Dialer, SseStream};
 /// The NATS side of a row, measured as a whole: one nats-server, or the 3-node cluster of the
 /// scale-out part.
 enum Nats {
-    Single(testkit::Nats),
+    Single(Box<testkit::Nats>),
     Cluster(testkit::NatsCluster),
 }
 
 impl Nats {
     async fn single() -> Nats {
-        Nats::Single(testkit::Nats::start().await)
+        Nats::Single(Box::new(testkit::Nats::start().await))
     }
 
     /// Three nodes from `nats/cluster/node-*.conf` on free ports.

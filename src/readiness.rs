@@ -19,6 +19,9 @@ pub struct Readiness {
     stream_reachable: AtomicBool,
     /// When the stream was last found reachable (or the replica started).
     last_reachable: Mutex<Instant>,
+    /// A stream not found reachable for this long counts as unreachable, even while the check
+    /// that would say so still waits for its answer (a silently cut path).
+    stale_after: Duration,
     /// Shared mode: the live tail does not know where it starts yet.
     live_tail_pending: AtomicBool,
     /// Live events reach clients late (`RELAY_SHED_LAG`).
@@ -28,12 +31,24 @@ pub struct Readiness {
     changed: Notify,
 }
 
+/// How long without a successful stream check makes a replica not ready (the watcher checks
+/// every second; a check answers in milliseconds).
+pub const STALE_AFTER: Duration = Duration::from_secs(3);
+
 impl Default for Readiness {
     fn default() -> Self {
+        Self::new(STALE_AFTER)
+    }
+}
+
+impl Readiness {
+    /// Readiness that takes a stream not found reachable for `stale_after` as unreachable.
+    pub fn new(stale_after: Duration) -> Self {
         Self {
             nats_connected: AtomicBool::default(),
             stream_reachable: AtomicBool::default(),
             last_reachable: Mutex::new(Instant::now()),
+            stale_after,
             live_tail_pending: AtomicBool::default(),
             lagging: AtomicBool::default(),
             draining: AtomicBool::default(),
@@ -127,7 +142,10 @@ impl Readiness {
     pub fn check(&self) -> Result<(), NotReady> {
         if self.is_draining() {
             Err(NotReady::Draining)
-        } else if !self.nats_connected() || !self.stream_reachable.load(Ordering::Relaxed) {
+        } else if !self.nats_connected()
+            || !self.stream_reachable.load(Ordering::Relaxed)
+            || self.unreachable_for(Instant::now()) >= self.stale_after
+        {
             Err(NotReady::Unavailable)
         } else if self.live_tail_pending.load(Ordering::Relaxed) {
             Err(NotReady::LiveTailPending)

@@ -20,7 +20,7 @@ use crate::config::{Config, ConfigError, FanoutMode};
 use crate::fanout::{Fanout, LiveTail, TailSettings};
 use crate::http::{self, admin_router, router, AppState, ServeSettings, StallGuardedListener};
 use crate::jetstream::{self, EventStore, ServerTooOld};
-use crate::readiness::Readiness;
+use crate::readiness::{Readiness, STALE_AFTER};
 use crate::shedding::Shedder;
 use crate::telemetry::metrics::{self, MAX_CONNECTIONS};
 
@@ -54,7 +54,13 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     metrics::install();
     let config = Arc::new(config);
-    let readiness = Arc::new(Readiness::default());
+    // Not ready once the stream has not been found reachable for a few seconds, and in any case
+    // before streams are shed for it: shed clients must not be sent back here.
+    let stale_after = match config.shed_unreachable_after {
+        Duration::ZERO => STALE_AFTER,
+        shed => shed.min(STALE_AFTER),
+    };
+    let readiness = Arc::new(Readiness::new(stale_after));
     readiness.set_nats_connected(false);
     let wake = Arc::new(Notify::new());
 

@@ -35,6 +35,9 @@ pub struct ServerTooOld {
     pub needed: MinServer,
 }
 
+/// How often the client pings a server that has sent nothing (`docs/api.md` §10).
+const PING_INTERVAL: Duration = Duration::from_secs(3);
+
 /// Connects in the background and keeps reconnecting; returns at once even if no server is up
 /// yet, so the relay can start and report itself not ready. `on_event` sees every connection
 /// event (connected, disconnected, ...).
@@ -48,7 +51,10 @@ where
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(3))
-        .ping_interval(Duration::from_secs(10))
+        // A connection silent for three intervals (no message, no PONG) is dropped and another
+        // server tried: a path cut without a reset (a dead NAT entry, a partitioned node) is
+        // noticed in about 9-12 s, before `RELAY_SHED_UNREACHABLE_AFTER` (15 s) sheds clients.
+        .ping_interval(PING_INTERVAL)
         .reconnect_delay_callback(|attempts| {
             // 0, 100 ms, 200 ms, ... capped at 2 s: NATS restarts are noticed quickly.
             Duration::from_millis((attempts as u64 * 100).min(2000))

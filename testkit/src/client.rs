@@ -9,7 +9,7 @@ use crate::WAIT;
 
 /// A client builder. reqwest is built with rustls and no crypto provider of its own (the relay's
 /// OTLP client shares NATS' ring), so every client needs the process-wide provider installed.
-fn client_builder() -> reqwest::ClientBuilder {
+pub(crate) fn client_builder() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
 }
@@ -47,6 +47,15 @@ impl SseClient {
                 continue;
             }
             return Self::stream(url, response);
+        }
+    }
+
+    /// Connects; the status when the answer is not 200 (a refusal).
+    pub async fn try_connect(url: &str, last_event_id: Option<&str>) -> Result<SseClient, u16> {
+        let response = Self::request(url, last_event_id).await;
+        match response.status().as_u16() {
+            200 => Ok(Self::stream(url, response)),
+            status => Err(status),
         }
     }
 

@@ -5,9 +5,11 @@
 //! relay's own publishing code, and Prometheus samples read strictly. Every wait is bounded by
 //! [`WAIT`].
 
+pub mod balancer;
 pub mod client;
 pub mod metrics;
 pub mod nats;
+pub mod netns;
 pub mod process;
 pub mod publisher;
 pub mod relay;
@@ -15,9 +17,11 @@ pub mod sse;
 
 use std::time::Duration;
 
+pub use balancer::{follow, Balancer, Followed, Move};
 pub use client::{get_json, http, SseClient};
 pub use metrics::{sample, sample_opt};
 pub use nats::{ClusterNode, Nats, NatsCluster};
+pub use netns::{Host, TestNet};
 pub use process::{free_port, Proc};
 pub use publisher::{deployment, pavilion, Publisher};
 pub use relay::{Echo, Fanout, Relay};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use tokio::time::{timeout, Instant};
 
+use crate::netns::Host;
 use crate::process::{free_port, Proc};
 use crate::{STREAM, WAIT};
 
@@ -46,14 +47,40 @@ pub struct Nats {
     proc: Option<Proc>,
     pub port: u16,
     pub store: tempfile::TempDir,
+    /// The test-net host it runs on (loopback when none).
+    host: Option<Host>,
+}
+
+/// The port a nats-server listens on inside a test-net host (each has its own ports).
+const HOST_PORT: u16 = 4222;
+
+/// `command` made to run on `host`: listening on its address, inside its namespace (a later
+/// `-a` replaces the loopback one).
+fn on_host(command: &mut tokio::process::Command, host: &Host) {
+    command.args(["-a", &host.addr.to_string()]);
+    host.enter(command);
 }
 
 impl Nats {
     pub async fn start() -> Nats {
+        Nats::start_with(None).await
+    }
+
+    /// A nats-server on `host` of a test net.
+    pub async fn start_on(host: &Host) -> Nats {
+        Nats::start_with(Some(host.clone())).await
+    }
+
+    async fn start_with(host: Option<Host>) -> Nats {
         let mut nats = Nats {
             proc: None,
-            port: free_port(),
+            port: if host.is_some() {
+                HOST_PORT
+            } else {
+                free_port()
+            },
             store: tempfile::tempdir().expect("temp dir"),
+            host,
         };
         nats.launch().await;
         nats
@@ -61,12 +88,19 @@ impl Nats {
 
     async fn launch(&mut self) {
         let mut command = sse_relay::demo::nats_server_command(self.port, self.store.path());
+        if let Some(host) = &self.host {
+            on_host(&mut command, host);
+        }
         self.proc = Some(Proc::spawn(&mut command));
         wait_for_jetstream(&self.url(), WAIT).await;
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let ip = self
+            .host
+            .as_ref()
+            .map_or("127.0.0.1".to_owned(), |h| h.addr.to_string());
+        format!("nats://{ip}:{}", self.port)
     }
 
     /// The server's process (None while stopped).
@@ -147,6 +181,7 @@ static CLUSTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub struct ClusterNode {
     /// `server_name` of its configuration file (`relay-nats-1`, ...).
     pub name: String,
+    pub ip: String,
     pub port: u16,
     pub proc: Option<Proc>,
     _store: tempfile::TempDir,
@@ -154,19 +189,33 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.ip, self.port)
     }
 }
 
 impl NatsCluster {
     pub async fn start() -> NatsCluster {
+        NatsCluster::start_with(None).await
+    }
+
+    /// The cluster with node `i` on `hosts[i]` of a test net.
+    pub async fn start_on(hosts: &[Host; 3]) -> NatsCluster {
+        NatsCluster::start_with(Some(hosts)).await
+    }
+
+    async fn start_with(hosts: Option<&[Host; 3]>) -> NatsCluster {
         let one_at_a_time = CLUSTERS.lock().await;
+        let ip = |i: usize| hosts.map_or("127.0.0.1".to_owned(), |h| h[i].addr.to_string());
         let ports: Vec<(u16, u16, u16)> = (0..3)
-            .map(|_| (free_port(), free_port(), free_port()))
+            .map(|_| match hosts {
+                Some(_) => (HOST_PORT, 6222, 8222),
+                None => (free_port(), free_port(), free_port()),
+            })
             .collect();
         let routes = ports
             .iter()
-            .map(|(_, cluster, _)| format!("nats://127.0.0.1:{cluster}"))
+            .enumerate()
+            .map(|(i, (_, cluster, _))| format!("nats://{}:{cluster}", ip(i)))
             .collect::<Vec<_>>()
             .join(",");
         let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats/cluster");
@@ -178,10 +227,14 @@ impl NatsCluster {
                 .arg("-c")
                 .arg(config_dir.join(format!("node-{}.conf", i + 1)))
                 .args(["-m", &http.to_string()])
-                .args(["--cluster", &format!("nats://127.0.0.1:{cluster}")])
+                .args(["--cluster", &format!("nats://{}:{cluster}", ip(i))])
                 .args(["--routes", &routes]);
+            if let Some(hosts) = hosts {
+                on_host(&mut command, &hosts[i]);
+            }
             nodes.push(ClusterNode {
                 name: format!("relay-nats-{}", i + 1),
+                ip: ip(i),
                 port: *port,
                 proc: Some(Proc::spawn(&mut command)),
                 _store: store,

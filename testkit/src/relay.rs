@@ -11,6 +11,7 @@ use tokio::time::{timeout, Instant};
 
 use crate::client::http;
 use crate::metrics::sample_opt;
+use crate::netns::Host;
 use crate::process::Proc;
 use crate::WAIT;
 
@@ -96,17 +97,50 @@ impl Relay {
 
     /// Starts `serve` logging `log` and echoing as `echo` says; waits until it listens.
     pub async fn spawn_with(nats_url: &str, env: &[(&str, &str)], log: &str, echo: Echo) -> Relay {
+        Relay::spawn_on(None, nats_url, env, log, echo).await
+    }
+
+    /// Starts `serve` in fan-out mode `mode` on a host of a test net (listening on the host's
+    /// address), every line echoed; waits until it listens.
+    pub async fn spawn_on_host(
+        host: &Host,
+        mode: Fanout,
+        nats_url: &str,
+        env: &[(&str, &str)],
+    ) -> Relay {
+        Relay::spawn_on(
+            Some(host),
+            nats_url,
+            &mode.env(env),
+            "info,async_nats=warn",
+            Echo::All,
+        )
+        .await
+    }
+
+    /// Starts `serve` on `host` (loopback when none); waits until it listens.
+    pub async fn spawn_on(
+        host: Option<&Host>,
+        nats_url: &str,
+        env: &[(&str, &str)],
+        log: &str,
+        echo: Echo,
+    ) -> Relay {
+        let ip = host.map_or("127.0.0.1".to_owned(), |h| h.addr.to_string());
         let mut command = Command::new(relay_bin());
         command
             .arg("serve")
             .env_clear()
             .env("RELAY_NATS_URL", nats_url)
-            .env("RELAY_LISTEN", "127.0.0.1:0")
-            .env("RELAY_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("RELAY_LISTEN", format!("{ip}:0"))
+            .env("RELAY_ADMIN_LISTEN", format!("{ip}:0"))
             .env("RELAY_LOG", log)
             .env("RELAY_LOG_FORMAT", "json")
             .envs(env.iter().copied())
             .stderr(Stdio::piped());
+        if let Some(host) = host {
+            host.enter(&mut command);
+        }
         let mut proc = Proc::spawn(&mut command);
         let stderr = proc.child.stderr.take().expect("stderr piped");
         let (tx, rx) = tokio::sync::oneshot::channel();
