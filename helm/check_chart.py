@@ -30,8 +30,8 @@ NAMESPACE = "deploy"
 RELEASE = "relay"
 
 # Every RELAY_* variable of docs/api.md (configuration), including the additions beyond the
-# first contract: RELAY_WRITE_TIMEOUT, RELAY_STREAM_MAX_CONSUMERS, and the shared mode's
-# RELAY_RING_EVENTS, RELAY_RING_BYTES, RELAY_CLIENT_BACKLOG.
+# first contract: RELAY_WRITE_TIMEOUT, RELAY_STREAM_MAX_CONSUMERS, the shared mode's
+# RELAY_RING_EVENTS, RELAY_RING_BYTES, RELAY_CLIENT_BACKLOG, and self-healing's three.
 CONTRACT_VARS = {
     "RELAY_LISTEN", "RELAY_NATS_URL", "RELAY_NATS_CREDS", "RELAY_NATS_TOKEN", "RELAY_NATS_CA",
     "RELAY_STREAM", "RELAY_STREAM_MANAGE", "RELAY_STREAM_REPLICAS", "RELAY_STREAM_MAX_AGE",
@@ -41,7 +41,8 @@ CONTRACT_VARS = {
     "RELAY_LOG_FORMAT", "RELAY_WRITE_TIMEOUT", "RELAY_STREAM_MAX_CONSUMERS", "RELAY_FANOUT",
     "RELAY_RING_EVENTS", "RELAY_RING_BYTES", "RELAY_CLIENT_BACKLOG", "RELAY_ADMIN_LISTEN",
     "RELAY_CLIENT_ADDRESS_HEADER", "RELAY_MAX_PENDING_CONNECTIONS", "RELAY_HEADER_READ_TIMEOUT",
-    "RELAY_TIMELINE_RATE", "RELAY_TIMELINE_BURST",
+    "RELAY_TIMELINE_RATE", "RELAY_TIMELINE_BURST", "RELAY_SHED_UNREACHABLE_AFTER", "RELAY_SHED_LAG",
+    "RELAY_MAX_CONNECTION_AGE",
 }
 
 
@@ -366,6 +367,9 @@ def main() -> int:
             check(deployment["spec"]["replicas"] == 2 and deployment["spec"]["minReadySeconds"] == 25,
                   "defaults: 2 replicas, each ready 25 s (preStop + drain) before the next is replaced")
             check(env["RELAY_FANOUT"]["value"] == "shared", "defaults: the chart installs the shared fan-out")
+            check((env["RELAY_SHED_UNREACHABLE_AFTER"]["value"], env["RELAY_SHED_LAG"]["value"],
+                   env["RELAY_MAX_CONNECTION_AGE"]["value"]) == ("15s", "5s", "30m"),
+                  "defaults: self-healing on, streams renewed every 30 minutes")
         if name == "other-nats":
             check(env["RELAY_NATS_URL"]["value"] == values["nats"]["url"], "other-nats: RELAY_NATS_URL")
             check(env["RELAY_NATS_CREDS"]["value"] == "/etc/sse-relay/nats/creds", "other-nats: creds file")

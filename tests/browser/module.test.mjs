@@ -1,5 +1,6 @@
 // The client module (GET /client.js) imported by a page in Debian's Chromium, behind nginx
-// against real relays: a SIGTERM drain, `relay.reset` after the stream is recreated and
+// against real relays: a SIGTERM drain, streams renewed at their age (`relay.drain` reason
+// `rebalance`), `relay.reset` after the stream is recreated and
 // `relay.gap` after retention. Every event is counted through the module's onEvent, and each
 // test ends with a sentinel event published last: once the page has it, everything before it
 // has arrived, so the log is compared exactly (no waiting for extras that might come).
@@ -76,6 +77,38 @@ test("a SIGTERM drain: the module follows the drained stream to the other replic
     const drainedAt = states.indexOf("reconnecting");
     assert.ok(drainedAt > states.indexOf("live"), `states ${states}`);
     assert.equal(states.at(-1), "live", `states ${states}`);
+  } finally {
+    await page.close();
+    await stack.stop();
+  }
+});
+
+test("streams renewed at their age (rebalance): reconnecting, live again, every event once", async () => {
+  const stack = await startStack({ RELAY_RETRY: "300ms", RELAY_MAX_CONNECTION_AGE: "2s" });
+  const { nats, relays, lb, pipeline } = stack;
+  const page = await watchInPage(lb.base, { pavilions: ["p-1"] });
+  try {
+    await until("some events", async () => (await seen(page)).log.length >= 5);
+    // Each stream lives 1.8 to 2.2 s: wait for two renewals.
+    await until("two renewals", async () => {
+      const { states } = await seen(page);
+      return states.filter((s) => s === "reconnecting").length >= 2 && states.at(-1) === "live";
+    });
+    await stop(pipeline);
+    const sentinel = (await publish(nats.url, { deployment: "d-sentinel", pavilion: "p-1", data: { last: true } }))
+      .pavilion_seq;
+    await waitFor(page, sentinel);
+    const expected = await timelineSeqs(relays[0].base, "pavilions", "p-1");
+    const { log, states } = await seen(page);
+    assert.equal(expected.at(-1), sentinel);
+    assert.deepEqual(log, expected, "every published event exactly once, in order");
+    assert.ok(!states.includes("polling"), `a renewal is not a refusal: ${states}`);
+    const shed = await Promise.all(relays.map(async (r) => {
+      const text = await (await fetch(`${r.admin}/metrics`)).text();
+      const line = text.split("\n").find((l) => l.startsWith('relay_streams_shed_total{reason="rebalance"}'));
+      return Number(line?.split(" ").at(-1) ?? 0);
+    }));
+    assert.ok(shed[0] + shed[1] >= 2, `renewals counted: ${shed}`);
   } finally {
     await page.close();
     await stack.stop();
