@@ -3,7 +3,8 @@
 //! Starts its own nats-server(s) and relay(s) on loopback, opens concurrent SSE clients, publishes
 //! events spread over K deployments and one pavilion, and checks that every client got every event
 //! of its subject exactly once (the `lost` and `dup` columns). Parts, selected with
-//! `BENCH_PARTS=sweep,traced,storm,churn,shapes,scale` (comma-separated; default: all of them):
+//! `BENCH_PARTS=sweep,traced,storm,churn,shapes,scale,faults` (comma-separated; default: all of
+//! them):
 //!
 //! - `sweep`: for every (C clients, R events/s) one row per relay fan-out mode and, beside them in
 //!   the same run, the same load delivered by plain NATS core subscriptions (`ceiling`); then a
@@ -21,7 +22,11 @@
 //!   does with one client per subject); relay and nats-server CPU, consumers;
 //! - `scale`: 3 relay replicas on a 3-node NATS cluster, a NATS node SIGKILLed halfway: the
 //!   stream's leader at that moment (the worst case), or the node `BENCH_KILL_NODE` names
-//!   (`relay-nats-1` to `relay-nats-3`).
+//!   (`relay-nats-1` to `relay-nats-3`);
+//! - `faults`: a fleet that heals itself, on network namespaces of its own (`faults.rs`): 10,000
+//!   clients over 3 replicas, one replica's path to NATS silently cut for 60 s — seconds until
+//!   every one of its clients is live elsewhere, lost, dup; then a 4th replica added with
+//!   `RELAY_MAX_CONNECTION_AGE=60s` — connections per replica one age later.
 //!
 //! Fan-out modes (`RELAY_FANOUT`, given to every relay started): `BENCH_MODES=consumer,shared`
 //! (default: both) — `consumer` is one JetStream ordered consumer per SSE client, `shared` one live
@@ -67,12 +72,16 @@ const SUBJECTS: usize = K_DEPLOYMENTS + 1;
 const DELIVERY_WAIT_SECS: u64 = 120;
 const OPEN_FILES_LIMIT: u64 = 20_000;
 /// The parts, in the order they run.
-const PARTS: [&str; 6] = ["sweep", "traced", "storm", "churn", "shapes", "scale"];
+const PARTS: [&str; 7] = [
+    "sweep", "traced", "storm", "churn", "shapes", "scale", "faults",
+];
 /// The relay's fan-out modes (`RELAY_FANOUT`).
 const MODES: [&str; 2] = ["consumer", "shared"];
 /// Peers run in the sweep beside the relay's modes (`BENCH_MODES` names them too).
 const PEERS: [&str; 1] = ["pushpin"];
 
+#[path = "parts/faults.rs"]
+mod faults;
 #[path = "peers/pushpin.rs"]
 mod pushpin;
 #[path = "sse_client.rs"]
@@ -1598,6 +1607,8 @@ async fn main() {
     // The 1:10 run of docs/scaling.md: 10,000 clients over 3 replicas (the model's worked
     // example is 100,000).
     let scale_clients = if quick { 300 } else { 10_000 };
+    let faults_clients = if quick { 300 } else { 10_000 };
+    let faults_rate = 100;
 
     let mut capacity_model: Option<CapacityModel> = None;
     let mut out = String::new();
@@ -1868,6 +1879,17 @@ async fn main() {
                 emit(model.check(&row, 3));
             }
             tally.add("scale", row.lost, row.duplicated);
+        }
+    }
+
+    if parts.contains(&"faults") && !modes.is_empty() {
+        emit(String::new());
+        emit(format!("Faults: per mode, {faults_clients} clients over 3 relay replicas, each replica and one nats-server in a network namespace of its own (clients behind a balancer that health-checks /readyz every 100 ms; a client told relay.drain waits 1-3 s as a browser does); {faults_rate} events/s. The path between replica 1 and NATS drops every packet for 60 s (defaults: RELAY_SHED_UNREACHABLE_AFTER 15s); then, healed, a 4th replica is added and every replica renews its streams at RELAY_MAX_CONNECTION_AGE=60s.\n"));
+        emit(faults::Faults::header());
+        for &mode in &modes {
+            let row = faults::faults_run(mode, faults_clients, faults_rate).await;
+            emit(row.line());
+            tally.add("faults", row.lost, row.duplicated);
         }
     }
 

@@ -19,6 +19,13 @@ pub struct Dialer {
     source: Ipv4Addr,
 }
 
+impl Dialer {
+    /// Dials from `source` (the benchmark's address on a test net's bridge).
+    pub fn from_source(source: Ipv4Addr) -> Dialer {
+        Dialer { source }
+    }
+}
+
 /// Dialers over different loopback source addresses.
 pub fn dialers() -> Vec<Dialer> {
     (2..10)
