@@ -301,6 +301,17 @@ async fn start_relay(
     mode: &str,
     env: &[(&str, String)],
 ) -> Relay {
+    start_relay_on(None, nats_urls, replicas, mode, env).await
+}
+
+/// [`start_relay`] on `host` of a test net (loopback when none).
+async fn start_relay_on(
+    host: Option<&testkit::Host>,
+    nats_urls: &str,
+    replicas: usize,
+    mode: &str,
+    env: &[(&str, String)],
+) -> Relay {
     let replicas = replicas.to_string();
     let mut all: Vec<(&str, &str)> = vec![
         ("RELAY_FANOUT", mode),
@@ -310,7 +321,8 @@ async fn start_relay(
         ("RELAY_STREAM_MAX_MSGS_PER_SUBJECT", "100000"),
     ];
     all.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
-    let relay = Relay::spawn_with(
+    let relay = Relay::spawn_on(
+        host,
         nats_urls,
         &all,
         "warn,sse_relay::server=info",
@@ -321,8 +333,8 @@ async fn start_relay(
     relay
 }
 
-/// `relay_consumers_created_total` of a relay (0 once it is gone).
-async fn consumers_created(relay: &Relay) -> f64 {
+/// A series of a relay's `/metrics` (0 once it is gone).
+async fn relay_metric(relay: &Relay, series: &str) -> f64 {
     let Ok(response) = testkit::http()
         .get(relay.admin_url("/metrics"))
         .send()
@@ -331,7 +343,12 @@ async fn consumers_created(relay: &Relay) -> f64 {
         return 0.0;
     };
     let text = response.text().await.unwrap_or_default();
-    testkit::sample(&text, "relay_consumers_created_total")
+    testkit::sample_opt(&text, series).unwrap_or(0.0)
+}
+
+/// `relay_consumers_created_total` of a relay (0 once it is gone).
+async fn consumers_created(relay: &Relay) -> f64 {
+    relay_metric(relay, "relay_consumers_created_total").await
 }
 
 /// Samples a process's RSS every 100 ms until `stop`; returns the peak.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sse_client::Dialer;
 use super::{check, new_received, publish_load, sse_read, subject_name, testkit, K_DEPLOYMENTS};
-use testkit::{Echo, Relay};
+use testkit::Relay;
 
 /// How long the path is cut.
 const CUT_FOR: Duration = Duration::from_secs(60);
@@ -124,38 +124,16 @@ fn health_checks(
 }
 
 async fn start_relay(host: &testkit::Host, nats_url: &str, mode: &str) -> Relay {
-    let env = [
-        ("RELAY_FANOUT", mode),
-        ("RELAY_MAX_CONNECTIONS", "15000"),
-        ("RELAY_MAX_CONNECTIONS_PER_KEY", "15000"),
-        ("RELAY_STREAM_MAX_MSGS_PER_SUBJECT", "100000"),
-        ("RELAY_MAX_CONNECTION_AGE", AGE),
-    ];
-    let relay = Relay::spawn_on(
-        Some(host),
-        nats_url,
-        &env,
-        "warn,sse_relay::server=info",
-        Echo::Warnings,
-    )
-    .await;
-    relay.wait_ready_status(200).await;
-    relay
+    let env = [("RELAY_MAX_CONNECTION_AGE", AGE.to_owned())];
+    super::start_relay_on(Some(host), nats_url, 1, mode, &env).await
 }
 
 async fn open_connections(relay: &Relay) -> usize {
-    let Ok(answer) = testkit::http()
-        .get(relay.admin_url("/metrics"))
-        .send()
-        .await
-    else {
-        return 0;
-    };
-    let text = answer.text().await.unwrap_or_default();
-    ["deployment", "pavilion", "multi"]
-        .iter()
-        .map(|k| testkit::sample(&text, &format!("relay_connections{{kind=\"{k}\"}}")) as usize)
-        .sum()
+    let mut open = 0.0;
+    for kind in ["deployment", "pavilion", "multi"] {
+        open += super::relay_metric(relay, &format!("relay_connections{{kind=\"{kind}\"}}")).await;
+    }
+    open as usize
 }
 
 pub async fn faults_run(mode: &'static str, clients: usize, rate: u32) -> Faults {

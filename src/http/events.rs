@@ -78,7 +78,8 @@ async fn open_stream(
         &subjects,
         resume,
         state.connection_id(),
-        (state.live_lag.clone(), opened.live_after),
+        state.live_lag.clone(),
+        opened.live_after,
     );
     let settings = BodySettings {
         heartbeat: state.config.heartbeat,

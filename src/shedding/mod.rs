@@ -32,7 +32,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long a lag window is, and how often streams are checked for their age.
 const WINDOW: Duration = Duration::from_secs(1);
 /// Streams ended for `unavailable` are spread over this long.
-pub const UNAVAILABLE_SPREAD: Duration = Duration::from_secs(2);
+pub const UNAVAILABLE_SPREAD: Duration = Duration::from_secs(1);
 /// The share of the open streams ended each second while the replica lags.
 const OVERLOADED_PER_SECOND: f64 = 0.1;
 

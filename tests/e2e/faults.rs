@@ -19,74 +19,8 @@ const ENV: &[(&str, &str)] = &[
     ("RELAY_RETRY", "500ms"),
     ("RELAY_HEARTBEAT", "1s"),
 ];
-/// The last event every publisher sends: a follower stops there.
-const SENTINEL: &str = r#"{"end":true}"#;
 /// How long a follower may wait for a ready replica.
 const RECONNECT_WITHIN: Duration = Duration::from_secs(60);
-
-/// Publishes `numbered(0..)` to `deploy.<id>` every 50 ms until `stop`, then [`SENTINEL`];
-/// the sequences.
-fn publish_until(
-    publisher: Publisher,
-    id: &'static str,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<u64>> {
-    tokio::spawn(async move {
-        let subject = deployment(id);
-        let mut seqs = Vec::new();
-        let mut i = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let body = numbered(i);
-            let msg_id = format!("{id}-{i}");
-            seqs.push(
-                publisher
-                    .publish_until_acked(&subject, &body, &msg_id)
-                    .await,
-            );
-            i += 1;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        seqs.push(
-            publisher
-                .publish_until_acked(&subject, SENTINEL, &format!("{id}-end"))
-                .await,
-        );
-        seqs
-    })
-}
-
-/// `followed` saw exactly `published` (ids once each, in order; `numbered` payloads, then the
-/// sentinel).
-fn assert_every_event_once(followed: &Followed, published: &[u64]) {
-    assert_eq!(
-        ids(&followed.events),
-        published,
-        "every event once, in order"
-    );
-    let n = published.len() - 1;
-    let mut want: Vec<String> = (0..n).map(numbered).collect();
-    want.push(SENTINEL.to_owned());
-    let got: Vec<String> = followed.events.iter().map(|e| e.data.clone()).collect();
-    assert_eq!(got, want);
-}
-
-/// Starts `n` followers of `path` on replica `replica`.
-async fn followers(
-    balancer: &Arc<Balancer>,
-    path: &'static str,
-    replica: usize,
-    n: usize,
-) -> Vec<tokio::task::JoinHandle<Followed>> {
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let client = balancer.connect_to(replica, path).await;
-        let balancer = balancer.clone();
-        tasks.push(tokio::spawn(async move {
-            follow(&balancer, path, replica, client, SENTINEL, RECONNECT_WITHIN).await
-        }));
-    }
-    tasks
-}
 
 const ON_A: usize = 10;
 const ON_B: usize = 3;
@@ -105,8 +39,8 @@ async fn a_replica_cut_off_from_nats_hands_its_clients_over_and_serves_again_onc
     let balancer = Arc::new(Balancer::new(&[&a, &b]));
     const PATH: &str = "/v1/deployments/d-cut/events";
 
-    let mut on_a = followers(&balancer, PATH, 0, ON_A).await;
-    let on_b = followers(&balancer, PATH, 1, ON_B).await;
+    let mut on_a = followers(&balancer, PATH, 0, ON_A, RECONNECT_WITHIN).await;
+    let on_b = followers(&balancer, PATH, 1, ON_B, RECONNECT_WITHIN).await;
     let connections = r#"relay_connections{kind="deployment"}"#;
     a.wait_metric(connections, ON_A as f64).await;
     b.wait_metric(connections, ON_B as f64).await;
@@ -134,7 +68,7 @@ async fn a_replica_cut_off_from_nats_hands_its_clients_over_and_serves_again_onc
     // (b) Healed: A becomes ready again and serves a new client every event.
     net.heal(&a_host, nats_host.addr);
     a.wait_ready_status(200).await;
-    on_a.extend(followers(&balancer, PATH, 0, 1).await);
+    on_a.extend(followers(&balancer, PATH, 0, 1, RECONNECT_WITHIN).await);
     a.wait_metric(connections, 1.0).await;
 
     tokio::time::sleep(Duration::from_millis(500)).await; // a few more events after the heal
@@ -143,7 +77,7 @@ async fn a_replica_cut_off_from_nats_hands_its_clients_over_and_serves_again_onc
     let late = on_a.pop().expect("the client opened after the heal");
     for task in on_a {
         let followed = task.await.expect("follower");
-        assert_every_event_once(&followed, &published);
+        assert_followed_exactly(&followed, &published);
         assert_eq!(followed.moves.len(), 1, "{:?}", followed.moves);
         let moved = &followed.moves[0];
         assert_eq!((moved.from, moved.to), (0, 1));
@@ -156,11 +90,11 @@ async fn a_replica_cut_off_from_nats_hands_its_clients_over_and_serves_again_onc
     }
     for task in on_b {
         let followed = task.await.expect("follower");
-        assert_every_event_once(&followed, &published);
+        assert_followed_exactly(&followed, &published);
         assert!(followed.moves.is_empty(), "B's clients stay: {:?}", followed.moves);
     }
     let late = late.await.expect("follower");
-    assert_every_event_once(&late, &published);
+    assert_followed_exactly(&late, &published);
     assert!(late.moves.is_empty(), "{:?}", late.moves);
     assert_eq!(late.last_replica, 0, "served by A");
 }
@@ -197,8 +131,8 @@ async fn a_nats_node_partitioned_from_the_cluster_and_the_relays_loses_nothing(m
 
     let balancer = Arc::new(Balancer::new(&[&a, &b]));
     const PATH: &str = "/v1/deployments/d-split/events";
-    let mut all = followers(&balancer, PATH, 0, 6).await;
-    all.extend(followers(&balancer, PATH, 1, 6).await);
+    let mut all = followers(&balancer, PATH, 0, 6, RECONNECT_WITHIN).await;
+    all.extend(followers(&balancer, PATH, 1, 6, RECONNECT_WITHIN).await);
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = publish_until(Publisher::connect(&majority).await, "d-split", stop.clone());
     a.wait_metric_at_least("relay_events_delivered_total", 60.0).await;
@@ -233,7 +167,7 @@ async fn a_nats_node_partitioned_from_the_cluster_and_the_relays_loses_nothing(m
     let published = publishing.await.expect("publisher");
     for task in all {
         let followed = task.await.expect("follower");
-        assert_every_event_once(&followed, &published);
+        assert_followed_exactly(&followed, &published);
         for moved in &followed.moves {
             assert_eq!(moved.reason.as_deref(), Some("unavailable"), "{moved:?}");
         }

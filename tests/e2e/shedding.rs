@@ -9,56 +9,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const SENTINEL: &str = r#"{"end":true}"#;
 const RECONNECT_WITHIN: Duration = Duration::from_secs(30);
-
-/// Publishes `numbered(0..)` to `deploy.<id>` every 50 ms until `stop`, then [`SENTINEL`].
-fn publish_until(
-    publisher: Publisher,
-    id: &'static str,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<u64>> {
-    tokio::spawn(async move {
-        let mut seqs = Vec::new();
-        let mut i = 0;
-        while !stop.load(Ordering::Relaxed) {
-            seqs.push(publisher.deploy(id, &numbered(i)).await);
-            i += 1;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        seqs.push(publisher.deploy(id, SENTINEL).await);
-        seqs
-    })
-}
-
-fn assert_every_event_once(followed: &Followed, published: &[u64]) {
-    assert_eq!(
-        ids(&followed.events),
-        published,
-        "every event once, in order"
-    );
-    let mut want: Vec<String> = (0..published.len() - 1).map(numbered).collect();
-    want.push(SENTINEL.to_owned());
-    let got: Vec<String> = followed.events.iter().map(|e| e.data.clone()).collect();
-    assert_eq!(got, want);
-}
-
-async fn followers(
-    balancer: &Arc<Balancer>,
-    path: &'static str,
-    replica: usize,
-    n: usize,
-) -> Vec<tokio::task::JoinHandle<Followed>> {
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let client = balancer.connect_to(replica, path).await;
-        let balancer = balancer.clone();
-        tasks.push(tokio::spawn(async move {
-            follow(&balancer, path, replica, client, SENTINEL, RECONNECT_WITHIN).await
-        }));
-    }
-    tasks
-}
 
 const CLIENTS: usize = 12;
 
@@ -96,7 +47,7 @@ async fn connections_spread_over_a_replica_added_later_once_they_reach_their_age
     let mut first_moves_to_b = 0;
     for task in tasks {
         let followed = task.await.expect("follower");
-        assert_every_event_once(&followed, &published);
+        assert_followed_exactly(&followed, &published);
         assert!(!followed.moves.is_empty(), "renewed at least once");
         for moved in &followed.moves {
             assert_eq!(moved.reason.as_deref(), Some("rebalance"), "{moved:?}");
@@ -151,7 +102,7 @@ async fn a_lagging_replica_turns_not_ready_and_sheds_a_tenth_a_second_until_it_r
     let b = Relay::start_in(mode, &nats.url(), &env).await;
     let balancer = Arc::new(Balancer::new(&[&a, &b]));
     const PATH: &str = "/v1/deployments/d-lag/events";
-    let tasks = followers(&balancer, PATH, 0, 20).await;
+    let tasks = followers(&balancer, PATH, 0, 20, RECONNECT_WITHIN).await;
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = publish_until(Publisher::connect(&nats.url()).await, "d-lag", stop.clone());
     a.wait_metric_at_least("relay_events_delivered_total", 100.0).await;
@@ -184,7 +135,7 @@ async fn a_lagging_replica_turns_not_ready_and_sheds_a_tenth_a_second_until_it_r
     let mut moves = Vec::new();
     for task in tasks {
         let followed = task.await.expect("follower");
-        assert_every_event_once(&followed, &published);
+        assert_followed_exactly(&followed, &published);
         for moved in &followed.moves {
             assert_eq!(moved.reason.as_deref(), Some("overloaded"), "{moved:?}");
             assert_eq!(moved.to, 1, "a lagging replica is not picked");

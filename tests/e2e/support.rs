@@ -1,6 +1,6 @@
 //! What the end-to-end tests share beyond the test kit (`sse-relay-testkit`, which the benchmark
 //! uses too): a TCP proxy that cuts NATS connections, the both-modes test macro, exactness
-//! checks. Every wait is bounded.
+//! checks, a publisher and followers for the fault and shedding tests. Every wait is bounded.
 
 use tokio::time::timeout;
 
@@ -155,4 +155,72 @@ pub async fn serve_until_listen_fails(
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// The last event [`publish_until`] sends: a [`follow`]er stops there.
+pub const SENTINEL: &str = r#"{"end":true}"#;
+
+/// Publishes `numbered(0..)` to `deploy.<id>` every 50 ms (each retried until acknowledged)
+/// until `stop`, then [`SENTINEL`]; the sequences.
+pub fn publish_until(
+    publisher: Publisher,
+    id: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let subject = deployment(id);
+        let mut seqs = Vec::new();
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let msg_id = format!("{id}-{i}");
+            seqs.push(
+                publisher
+                    .publish_until_acked(&subject, &numbered(i), &msg_id)
+                    .await,
+            );
+            i += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let end = format!("{id}-end");
+        seqs.push(
+            publisher
+                .publish_until_acked(&subject, SENTINEL, &end)
+                .await,
+        );
+        seqs
+    })
+}
+
+/// `followed` saw exactly `published` of [`publish_until`]: ids once each, in order, the
+/// `numbered` payloads, then the sentinel.
+pub fn assert_followed_exactly(followed: &Followed, published: &[u64]) {
+    assert_eq!(
+        ids(&followed.events),
+        published,
+        "every event once, in order"
+    );
+    let mut want: Vec<String> = (0..published.len() - 1).map(numbered).collect();
+    want.push(SENTINEL.to_owned());
+    let got: Vec<String> = followed.events.iter().map(|e| e.data.clone()).collect();
+    assert_eq!(got, want);
+}
+
+/// Starts `n` clients of `path` on replica `replica` that then [`follow`] through `balancer`
+/// until the sentinel, each reconnection bounded by `within`.
+pub async fn followers(
+    balancer: &std::sync::Arc<Balancer>,
+    path: &'static str,
+    replica: usize,
+    n: usize,
+    within: std::time::Duration,
+) -> Vec<tokio::task::JoinHandle<Followed>> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let client = balancer.connect_to(replica, path).await;
+        let balancer = balancer.clone();
+        tasks.push(tokio::spawn(async move {
+            follow(&balancer, path, replica, client, SENTINEL, within).await
+        }));
+    }
+    tasks
 }
