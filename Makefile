@@ -103,7 +103,7 @@ test: tools check-deploy browser-tools fault-tools
 
 # The load benchmark (release build): BENCH_QUICK=1 for a smoke run. See README "Benchmark".
 # Its sweep's peer, Pushpin 1.36 (Debian's package with condure and zurl), installed when missing.
-bench: tools
+bench: tools fault-tools
 	@command -v pushpin >/dev/null && command -v condure >/dev/null && command -v zurl >/dev/null || { \
 	  echo "installing Debian's pushpin"; \
 	  $(SUDO) apt-get update -qq && \
