@@ -74,9 +74,6 @@ pub(super) struct Inner {
     settings: TailSettings,
     state: Mutex<TailState>,
     next_slot: AtomicU64,
-    /// The last stream state read for a resume, and when its request was sent: connects that
-    /// registered before then share it, so a reconnect storm costs a few requests, not one each.
-    stream_state: tokio::sync::Mutex<Option<(Instant, stream::State)>>,
 }
 
 struct TailState {
@@ -236,7 +233,6 @@ impl LiveTail {
                     stream_created: None,
                 }),
                 next_slot: AtomicU64::new(1),
-                stream_state: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -379,7 +375,8 @@ impl LiveTail {
             slot,
             subjects,
         };
-        let plan = StartPlan::new(resume, &inner.stream_state_since(registered).await?);
+        // Read after the registration: every event above it reaches the client's queue.
+        let plan = StartPlan::new(resume, &inner.store.stream_state_since(registered).await?);
         let feed = SharedFeed::new(inner.clone(), registration, plan.after);
         Ok((plan, feed))
     }
@@ -444,20 +441,6 @@ impl Inner {
         // A panic while holding the lock leaves consistent data (every update is one push or
         // one assignment), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The stream's state as read by a request sent at or after `since`.
-    async fn stream_state_since(&self, since: Instant) -> Result<stream::State, StoreError> {
-        let mut last = self.stream_state.lock().await;
-        if let Some((sent, state)) = &*last {
-            if *sent >= since {
-                return Ok(state.clone());
-            }
-        }
-        let sent = Instant::now();
-        let state = self.store.stream_state().await?;
-        *last = Some((sent, state.clone()));
-        Ok(state)
     }
 
     /// Where the firehose (re)starts: after the last event taken in; the first time, far enough

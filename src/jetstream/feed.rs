@@ -52,7 +52,7 @@ impl EventStore {
         subjects: &SubjectSet,
         resume: Option<ResumePoint>,
     ) -> Result<Subscription, StoreError> {
-        let state = self.stream_state().await?;
+        let state = self.stream_state_since(tokio::time::Instant::now()).await?;
         let plan = StartPlan::new(resume, &state);
         let spec = ConsumerSpec {
             filters: subjects.nats_subjects(),

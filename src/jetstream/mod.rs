@@ -82,6 +82,10 @@ pub struct EventStore {
     /// unbounded requests all wait in the server's API queue, all time out and are all retried;
     /// bounded, they are served in turn, each timed from when it is sent.
     consumer_requests: consumer::RequestSlots,
+    /// The last stream state read for a client's start, and when its request was sent: clients
+    /// that arrived before then share it, so a reconnect storm costs a few requests, not one
+    /// each.
+    last_state: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, jetstream::stream::State)>>>,
 }
 
 impl EventStore {
@@ -145,6 +149,7 @@ impl EventStore {
             next_consumer: Arc::new(AtomicU64::new(1)),
             deletions: TaskTracker::new(),
             consumer_requests: consumer::RequestSlots::default(),
+            last_state: Arc::default(),
         }
     }
 
@@ -199,6 +204,26 @@ impl EventStore {
     /// The stream's current state (one API request), or why it cannot be had.
     pub async fn stream_state(&self) -> Result<jetstream::stream::State, StoreError> {
         Ok(self.stream_info().await?.state)
+    }
+
+    /// The stream's state as read by a request sent at or after `since` (a client's arrival):
+    /// shared with every client that arrived before that request was sent. A later state than
+    /// the client's own request would have read is as good for planning its start: its resume
+    /// point was already stored when it arrived.
+    pub async fn stream_state_since(
+        &self,
+        since: tokio::time::Instant,
+    ) -> Result<jetstream::stream::State, StoreError> {
+        let mut last = self.last_state.lock().await;
+        if let Some((sent, state)) = &*last {
+            if *sent >= since {
+                return Ok(state.clone());
+            }
+        }
+        let sent = tokio::time::Instant::now();
+        let state = self.stream_state().await?;
+        *last = Some((sent, state.clone()));
+        Ok(state)
     }
 
     /// The stream's state and cluster placement (one API request).

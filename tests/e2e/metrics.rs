@@ -10,6 +10,13 @@ async fn a_known_scenario_scrapes_exactly() {
     assert_eq!(sample(&before, "relay_nats_connected"), 1.0);
     assert_eq!(sample(&before, "relay_draining"), 0.0);
     assert_eq!(sample(&before, "relay_events_delivered_total"), 0.0);
+    // The self-healing series are there from the start (docs/api.md §9).
+    assert_eq!(sample(&before, "relay_max_connections"), 10_000.0);
+    assert_eq!(sample(&before, "relay_live_lag_seconds_count"), 0.0);
+    for reason in ["shutdown", "unavailable", "overloaded", "rebalance"] {
+        let series = format!(r#"relay_streams_shed_total{{reason="{reason}"}}"#);
+        assert_eq!(sample(&before, &series), 0.0, "{series}");
+    }
 
     // k = 3 connections (two plain, one resumed), one 429, n = 5 events to d-1.
     let d1 = relay.url("/v1/deployments/d-1/events");
@@ -45,6 +52,8 @@ async fn a_known_scenario_scrapes_exactly() {
     assert_eq!(sample(&m, "relay_consumers_created_total"), 3.0);
     assert_eq!(sample(&m, "relay_consumers_deleted_total"), 0.0);
     assert_eq!(sample(&m, "relay_delivery_lag_seconds_count"), 10.0);
+    // Published after both d-1 streams opened: live.
+    assert_eq!(sample(&m, "relay_live_lag_seconds_count"), 10.0);
     assert_eq!(
         sample(&m, r#"relay_delivery_lag_seconds_bucket{le="+Inf"}"#),
         10.0
