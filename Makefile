@@ -19,7 +19,7 @@ DEPLOY_CHECK_STAMP := $(VENV)/.installed-$(shell echo '$(DEPLOY_CHECK_PACKAGES)'
 # Browser tests: Debian's Chromium and nginx (installed when missing), playwright-core from npm.
 BROWSER_DIR := tests/browser
 
-.PHONY: help tools deploy-tools browser-tools fault-tools run test test-browser check-deploy image bench clean screenshot
+.PHONY: help tools deploy-tools browser-tools fault-tools prometheus-tools run test test-browser check-deploy image bench clean screenshot
 
 help:
 	@echo "make run    - install what is missing, build, and run the demo (Ctrl-C stops it)"
@@ -49,8 +49,10 @@ $(DEPLOY_CHECK_STAMP):
 # The Helm chart rendered with several value sets and validated against Kubernetes 1.37's
 # schemas; the Dockerfile and the release workflow linted; the image built and run where the
 # machine can (scripts/image.sh says why not where it cannot).
-check-deploy: deploy-tools
+check-deploy: deploy-tools prometheus-tools
 	$(VENV)/bin/hadolint Dockerfile
+	promtool check rules helm/sse-relay/files/alerts.yaml
+	promtool test rules helm/tests/alerts.test.yaml
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(VENV)/bin/zizmor --offline .github/workflows/
 	$(VENV)/bin/python helm/check_chart.py
@@ -68,6 +70,13 @@ browser-tools: $(BROWSER_DIR)/node_modules/.package-lock.json
 
 $(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package-lock.json
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+
+# promtool (Debian's prometheus package) checks and unit-tests the chart's alerts.
+prometheus-tools:
+	@command -v promtool >/dev/null || { \
+	  echo "installing Debian's prometheus (promtool)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 # The fault tests: tests/e2e/faults.rs makes namespaces with iproute2 and faults with iptables,
 # tests/e2e/shedding.rs sets a relay's clock ahead with libfaketime. Debian's packages,

@@ -103,6 +103,8 @@ VALUE_SETS: dict[str, dict] = {
         "ingress": {"enabled": True, "tls": [{"hosts": ["relay.example.com"], "secretName": "relay-tls"}]},
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12},
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"},
+                           "runbookUrl": "https://wiki.corp.example/sse-relay/operations"},
         "networkPolicy": {"enabled": True, "ingressFrom": [{"namespaceSelector": {"matchLabels": {"name": "ingress-nginx"}}}]},
         "auth": {"mode": "jwt", "keyType": "publicKey", "publicKey": "-----BEGIN PUBLIC KEY-----\nMFkw...\n-----END PUBLIC KEY-----\n"},
     },
@@ -173,9 +175,46 @@ def seconds(duration: str) -> int:
     return int(match.group(1))
 
 
+RUNBOOK = ROOT / "docs" / "operations.md"
+ALERTS_FILE = ROOT / "helm" / "sse-relay" / "files" / "alerts.yaml"
+
+
+def runbook_anchors() -> set[str]:
+    """GitHub's anchors of the runbook's headings (lower case, spaces to dashes, punctuation dropped)."""
+    anchors = set()
+    for line in RUNBOOK.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def check_alerts(name: str, doc: dict) -> None:
+    """A PrometheusRule: the groups of files/alerts.yaml with the runbook links pointing at the
+    configured runbook, every alert with a severity, a summary naming the pod and an entry in
+    docs/operations.md."""
+    groups = doc["spec"]["groups"]
+    from_file = yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    check(len(rules) == sum(len(g["rules"]) for g in from_file) and len(rules) >= 10,
+          f"{name}: PrometheusRule holds every alert of files/alerts.yaml")
+    anchors = runbook_anchors()
+    for rule in rules:
+        alert = rule.get("alert", "?")
+        check(rule.get("labels", {}).get("severity") in {"critical", "warning", "info"}, f"{name}: {alert} severity")
+        check("{{ $labels.pod }}" in rule.get("annotations", {}).get("summary", ""), f"{name}: {alert} summary names the pod")
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        anchor = url.partition("#")[2]
+        check(anchor == alert.lower() and anchor in anchors,
+              f"{name}: {alert} runbook_url {url} points at its entry in docs/operations.md")
+
+
 def validate(name: str, docs: list[dict]) -> None:
     for doc in docs:
         kind = doc.get("kind")
+        if kind == "PrometheusRule":
+            check_alerts(name, doc)
+            continue
         if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
             # A CRD: no upstream schema; check the parts Prometheus Operator needs.
             check(doc["spec"]["endpoints"][0]["path"] == "/metrics", f"{name}: ServiceMonitor path")
@@ -426,6 +465,11 @@ def main() -> int:
             [hpa] = find(docs, "HorizontalPodAutoscaler")
             check(hpa["spec"]["minReplicas"] == 3 and "replicas" not in pod, "hpa: owns the replica count")
             check(len(find(docs, "ServiceMonitor")) == 1, "ServiceMonitor rendered")
+            [rule] = find(docs, "PrometheusRule")
+            check(rule["metadata"]["labels"].get("release") == "prometheus", "PrometheusRule labels for the ruleSelector")
+            urls = {r["annotations"]["runbook_url"].partition("#")[0]
+                    for g in rule["spec"]["groups"] for r in g["rules"]}
+            check(urls == {"https://wiki.corp.example/sse-relay/operations"}, f"PrometheusRule runbook links {urls}")
             check(len(find(docs, "NetworkPolicy")) == 1, "NetworkPolicy rendered")
             [secret] = find(docs, "Secret")
             check("jwt-public-key.pem" in secret["data"], "public key stored in the chart's Secret")

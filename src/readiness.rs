@@ -11,7 +11,7 @@ use metrics::gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::telemetry::metrics::{DRAINING, NATS_CONNECTED};
+use crate::telemetry::metrics::{DRAINING, NATS_CONNECTED, READY};
 
 #[derive(Debug)]
 pub struct Readiness {
@@ -113,6 +113,7 @@ impl Readiness {
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
         gauge!(DRAINING).set(1.0);
+        gauge!(READY).set(0.0);
         self.changed.notify_waiters();
     }
 
@@ -136,6 +137,12 @@ impl Readiness {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Publishes [`Readiness::check`] as the `relay_ready` gauge (the NATS watcher does, every
+    /// second).
+    pub fn report(&self) {
+        gauge!(READY).set(if self.check().is_ok() { 1.0 } else { 0.0 });
     }
 
     /// `Ok` when the replica may take a new stream.

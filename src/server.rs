@@ -22,7 +22,7 @@ use crate::http::{self, admin_router, router, AppState, ServeSettings, StallGuar
 use crate::jetstream::{self, EventStore, ServerTooOld};
 use crate::readiness::{Readiness, STALE_AFTER};
 use crate::shedding::Shedder;
-use crate::telemetry::metrics::{self, MAX_CONNECTIONS};
+use crate::telemetry::metrics::{self, INFO, MAX_CONNECTIONS};
 
 /// Connections the admin listener holds at once: probes and a few scrapers.
 const ADMIN_CONNECTIONS: usize = 64;
@@ -104,6 +104,11 @@ pub async fn serve(
     let state = AppState::new(config.clone(), fanout, readiness.clone())?;
     let limits = state.limits.clone();
     gauge!(MAX_CONNECTIONS).set(config.max_connections as f64);
+    let fanout_name = match config.fanout {
+        FanoutMode::Consumer => "consumer",
+        FanoutMode::Shared => "shared",
+    };
+    gauge!(INFO, "version" => env!("CARGO_PKG_VERSION"), "fanout" => fanout_name).set(1.0);
     let shedder_stop = CancellationToken::new();
     let _shedder_guard = shedder_stop.clone().drop_guard();
     tokio::spawn(

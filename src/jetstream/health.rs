@@ -112,6 +112,7 @@ pub async fn watch_stream(
         }
         readiness.set_stream_reachable(reachable && store.is_connected());
         let is_ready = readiness.check().is_ok();
+        readiness.report();
         if was_ready != is_ready {
             tracing::info!(ready = is_ready, "readiness changed");
             was_ready = is_ready;

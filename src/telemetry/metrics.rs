@@ -27,6 +27,8 @@ pub const CLIENTS_LAGGED: &str = "relay_clients_lagged_total";
 pub const STREAMS_SHED: &str = "relay_streams_shed_total";
 pub const LIVE_LAG: &str = "relay_live_lag_seconds";
 pub const MAX_CONNECTIONS: &str = "relay_max_connections";
+pub const READY: &str = "relay_ready";
+pub const INFO: &str = "relay_info";
 
 /// Delivery lag buckets: from a millisecond (live events) to minutes (a replayed backlog).
 const LAG_BUCKETS: &[f64] = &[
@@ -111,6 +113,14 @@ fn describe() {
         MAX_CONNECTIONS,
         "The configured limit of SSE connections (RELAY_MAX_CONNECTIONS)"
     );
+    describe_gauge!(
+        READY,
+        "1 while /readyz answers 200 (NATS, stream, live tail, not lagging, not draining)"
+    );
+    describe_gauge!(
+        INFO,
+        "Always 1; labels: version, fanout (consumer or shared): what alerts and dashboards select on"
+    );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS");
     describe_gauge!(DRAINING, "1 while the replica drains for shutdown");
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
@@ -174,4 +184,5 @@ fn describe() {
     gauge!(LIVE_SOURCES).set(0.0);
     gauge!(NATS_CONNECTED).set(0.0);
     gauge!(DRAINING).set(0.0);
+    gauge!(READY).set(0.0);
 }

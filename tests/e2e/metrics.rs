@@ -12,6 +12,12 @@ async fn a_known_scenario_scrapes_exactly() {
     assert_eq!(sample(&before, "relay_events_delivered_total"), 0.0);
     // The self-healing series are there from the start (docs/api.md §9).
     assert_eq!(sample(&before, "relay_max_connections"), 10_000.0);
+    let info = format!(
+        r#"relay_info{{version="{}",fanout="consumer"}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample(&before, &info), 1.0, "{info}");
+    relay.wait_metric("relay_ready", 1.0).await;
     assert_eq!(sample(&before, "relay_live_lag_seconds_count"), 0.0);
     for reason in ["shutdown", "unavailable", "overloaded", "rebalance"] {
         let series = format!(r#"relay_streams_shed_total{{reason="{reason}"}}"#);
