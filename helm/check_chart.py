@@ -14,6 +14,7 @@ Run by `make test` (`make chart-check`). Exits non-zero with a list of failures.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import tomllib
@@ -105,6 +106,7 @@ VALUE_SETS: dict[str, dict] = {
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
         "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"},
                            "runbookUrl": "https://wiki.corp.example/sse-relay/operations"},
+        "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Platform"}},
         "networkPolicy": {"enabled": True, "ingressFrom": [{"namespaceSelector": {"matchLabels": {"name": "ingress-nginx"}}}]},
         "auth": {"mode": "jwt", "keyType": "publicKey", "publicKey": "-----BEGIN PUBLIC KEY-----\nMFkw...\n-----END PUBLIC KEY-----\n"},
     },
@@ -470,6 +472,13 @@ def main() -> int:
             urls = {r["annotations"]["runbook_url"].partition("#")[0]
                     for g in rule["spec"]["groups"] for r in g["rules"]}
             check(urls == {"https://wiki.corp.example/sse-relay/operations"}, f"PrometheusRule runbook links {urls}")
+            dashboards = [cm for cm in find(docs, "ConfigMap") if "sse-relay.json" in cm.get("data", {})]
+            check(len(dashboards) == 1 and dashboards[0]["metadata"]["labels"].get("grafana_dashboard") == "1"
+                  and dashboards[0]["metadata"].get("annotations") == {"grafana_folder": "Platform"},
+                  "grafanaDashboard: a ConfigMap the sidecar loads")
+            dashboard = json.loads(dashboards[0]["data"]["sse-relay.json"])
+            check(dashboard == json.loads((ROOT / "helm/sse-relay/files/dashboard.json").read_text())
+                  and len(dashboard["panels"]) >= 8, "grafanaDashboard: files/dashboard.json, whole")
             check(len(find(docs, "NetworkPolicy")) == 1, "NetworkPolicy rendered")
             [secret] = find(docs, "Secret")
             check("jwt-public-key.pem" in secret["data"], "public key stored in the chart's Secret")

@@ -23,6 +23,7 @@ mod metrics;
 mod nats_restart;
 mod otlp;
 mod process;
+mod prometheus;
 mod resume;
 mod shared_fanout;
 mod shedding;
