@@ -61,7 +61,17 @@ where
         })
         .event_callback(move |event| {
             let on_event = on_event.clone();
-            async move { on_event(event) }
+            async move {
+                if let Event::ServerError(err) = &event {
+                    // A refused request otherwise only times out: say why, once, loudly.
+                    tracing::error!(
+                        error = %err,
+                        "NATS refused a request; a permissions violation means the NATS user \
+                         lacks a permission (docs/operations.md, NATS permissions)"
+                    );
+                }
+                on_event(event)
+            }
         });
     if let Some(creds) = &config.nats_creds {
         options = options.credentials_file(creds).await?;
@@ -73,10 +83,29 @@ where
         options = options.add_root_certificates(ca.clone());
     }
     let urls = config.nats_urls();
+    if let Some((user, password)) = url_credentials(&urls) {
+        options = options.user_and_password(user, password);
+    }
     options
         .connect(urls.as_slice())
         .await
         .map_err(std::io::Error::other)
+}
+
+/// The `user:password@` of the first URL that carries them, percent-decoded: async-nats parses
+/// them but sends no credentials taken from a URL, and a user of NATS expects
+/// `nats://relay:secret@nats:4222` to log in (`docs/api.md` §3).
+pub fn url_credentials(urls: &[String]) -> Option<(String, String)> {
+    urls.iter().find_map(|url| {
+        let addr: async_nats::ServerAddr = url.parse().ok()?;
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let user = decode(addr.username()?);
+        Some((user, decode(addr.password().unwrap_or_default())))
+    })
 }
 
 /// Checks the version the connected server reported.
@@ -99,6 +128,20 @@ pub fn check_server_version(version: &str, needed: MinServer) -> Result<(), Serv
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_come_from_the_first_url_that_has_them() {
+        let urls = |all: &[&str]| all.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+        assert_eq!(url_credentials(&urls(&["nats://a:4222"])), None);
+        assert_eq!(
+            url_credentials(&urls(&["nats://a:4222", "nats://relay:s%40cr%3At@b:4222"])),
+            Some(("relay".into(), "s@cr:t".into()))
+        );
+        assert_eq!(
+            url_credentials(&urls(&["nats://only-user@a:4222"])),
+            Some(("only-user".into(), String::new()))
+        );
+    }
 
     #[test]
     fn versions_below_the_modes_minimum_are_refused() {

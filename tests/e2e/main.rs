@@ -22,6 +22,7 @@ mod limits;
 mod metrics;
 mod nats_restart;
 mod otlp;
+mod permissions;
 mod process;
 mod prometheus;
 mod resume;
