@@ -100,6 +100,24 @@ VALUE_SETS: dict[str, dict] = {
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 30, "targetConnectionsPerPod": 8000},
     },
     "single-replica": {"replicaCount": 1},
+    # Every knob a chart user reaches for, at once; ten replicas rolled 25 % at a time.
+    "knobs": {
+        "replicaCount": 10,
+        "global": {"imageRegistry": "registry.corp.example/mirror"},
+        "image": {"digest": "sha256:" + "a" * 64},
+        "rollingUpdate": {"maxSurge": "25%"},
+        "priorityClassName": "streaming-high",
+        "probes": {"readiness": {"periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3}},
+        "initContainers": [{"name": "wait-for-nats", "image": "registry.corp.example/busybox:1.37",
+                            "command": ["sh", "-c", "until nc -z nats 4222; do sleep 1; done"]}],
+        "extraContainers": [{"name": "log-shipper", "image": "registry.corp.example/fluent-bit:3.2",
+                             "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}}],
+        "service": {"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv6", "IPv4"]},
+        "serviceMonitor": {"enabled": True, "namespace": "monitoring",
+                           "relabelings": [{"targetLabel": "cluster", "replacement": "eu-1"}],
+                           "metricRelabelings": [{"sourceLabels": ["__name__"], "regex": "relay_http_.*",
+                                                  "action": "drop"}]},
+    },
     "ingress-hpa-monitor": {
         "ingress": {"enabled": True, "tls": [{"hosts": ["relay.example.com"], "secretName": "relay-tls"}]},
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12},
@@ -247,7 +265,7 @@ def check_common(name: str, values: dict, rendered: dict[str, list[dict]], chart
     [deployment] = find(docs, "Deployment")
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
-    [container] = pod["containers"]
+    container = next(c for c in pod["containers"] if c["name"] == "relay")
     env = env_of(container)
 
     check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{name}: readiness probe on /readyz")
@@ -456,6 +474,35 @@ def main() -> int:
             check(pods_metrics == [{"metric": {"name": "relay_connections"},
                                     "target": {"type": "AverageValue", "averageValue": "8000"}}],
                   f"production: HPA on connections per pod {pods_metrics}")
+        if name == "knobs":
+            [deployment] = find(docs, "Deployment")
+            check(got["container"]["image"] == "registry.corp.example/mirror/sse-relay/sse-relay@sha256:" + "a" * 64,
+                  f"knobs: the image by digest from the global registry ({got['container']['image']})")
+            [test_pod] = [d for d in docs if d["kind"] == "Pod"]
+            check(test_pod["spec"]["containers"][0]["image"] == "registry.corp.example/mirror/library/busybox:1.37",
+                  "knobs: the helm-test image from the global registry")
+            check(pod.get("priorityClassName") == "streaming-high", "knobs: priorityClassName")
+            check([c["name"] for c in pod["containers"]] == ["relay", "log-shipper"]
+                  and [c["name"] for c in pod["initContainers"]] == ["wait-for-nats"], "knobs: extra and init containers")
+            readiness = got["container"]["readinessProbe"]
+            check(readiness["httpGet"]["path"] == "/readyz" and readiness["periodSeconds"] == 5
+                  and readiness["timeoutSeconds"] == 3, "knobs: readiness probe timings")
+            service = next(d for d in find(docs, "Service") if d["metadata"]["name"] == f"{RELEASE}-sse-relay")
+            check(service["spec"].get("ipFamilyPolicy") == "PreferDualStack"
+                  and service["spec"].get("ipFamilies") == ["IPv6", "IPv4"], "knobs: dual-stack Service")
+            [monitor] = find(docs, "ServiceMonitor")
+            check(monitor["metadata"].get("namespace") == "monitoring"
+                  and monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+                  and monitor["spec"]["endpoints"][0]["relabelings"][0]["targetLabel"] == "cluster"
+                  and monitor["spec"]["endpoints"][0]["metricRelabelings"][0]["action"] == "drop",
+                  "knobs: ServiceMonitor in the monitoring namespace, finding the Service, relabelled")
+            # Ten replicas within Helm's default --wait (5 minutes): steps of maxSurge pods, each
+            # ready for minReadySeconds after a start-up of at most the startup probe's budget.
+            surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+            per_step = -(-10 * int(surge.rstrip("%")) // 100) if isinstance(surge, str) else surge
+            step_seconds = deployment["spec"]["minReadySeconds"] + 15
+            rollout = -(-10 // per_step) * step_seconds
+            check(rollout < 300, f"knobs: a rollout of 10 replicas ~{rollout} s, within Helm's --wait")
         if name == "single-replica":
             check(pod.get("enableServiceLinks") is False, "single-replica: rendered")
         if name == "ingress-hpa-monitor":

@@ -76,3 +76,25 @@ app.kubernetes.io/component: test
 {{- else -}}4318
 {{- end -}}
 {{- end -}}
+
+{{/* An image reference (repository[:tag] or repository@digest) with global.imageRegistry in
+place of its registry (or in front, when it names none): call with (dict "ref" ... "registry" ...). */}}
+{{- define "sse-relay.withRegistry" -}}
+{{- $ref := .ref -}}
+{{- if .registry -}}
+{{- $parts := splitList "/" $ref -}}
+{{- $first := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $ref = join "/" (rest $parts) -}}
+{{- end -}}
+{{- $ref = printf "%s/%s" (trimSuffix "/" .registry) $ref -}}
+{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
+{{/* The relay's image: by digest when one is given, else by tag (the chart's appVersion). */}}
+{{- define "sse-relay.image" -}}
+{{- $ref := printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- if .Values.image.digest }}{{ $ref = printf "%s@%s" .Values.image.repository .Values.image.digest }}{{ end -}}
+{{- include "sse-relay.withRegistry" (dict "ref" $ref "registry" (.Values.global.imageRegistry | default "")) -}}
+{{- end -}}
