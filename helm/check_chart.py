@@ -100,6 +100,8 @@ VALUE_SETS: dict[str, dict] = {
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 30, "targetConnectionsPerPod": 8000},
     },
     "single-replica": {"replicaCount": 1},
+    # The one-node development install (README, "Install in a cluster").
+    "dev": yaml.safe_load((ROOT / "helm" / "sse-relay" / "values-dev.yaml").read_text()),
     # Every knob a chart user reaches for, at once; ten replicas rolled 25 % at a time.
     "knobs": {
         "replicaCount": 10,
@@ -370,6 +372,25 @@ def deployment_annotations(docs: list[dict]) -> dict:
     return deployment["spec"]["template"]["metadata"].get("annotations") or {}
 
 
+def check_nats_dev() -> None:
+    """nats/helm-values-dev.yaml: one JetStream server that fits a one-node cluster, with the
+    production API queue."""
+    dev = yaml.load((ROOT / "nats" / "helm-values-dev.yaml").read_text(), Loader=StrictLoader)
+    prod = yaml.load((ROOT / "nats" / "helm-values.yaml").read_text(), Loader=StrictLoader)
+    jetstream = dev["config"]["jetstream"]
+    check(dev["config"]["cluster"]["enabled"] is False and dev["podDisruptionBudget"]["enabled"] is False,
+          "nats/helm-values-dev.yaml: a single server")
+    check(jetstream["merge"]["request_queue_limit"] == prod["config"]["jetstream"]["merge"]["request_queue_limit"],
+          "nats/helm-values-dev.yaml: the production API queue")
+    check(mebibytes(jetstream["fileStore"]["pvc"]["size"]) > mebibytes(jetstream["fileStore"]["maxSize"])
+          and mebibytes(jetstream["fileStore"]["pvc"]["size"]) <= 1024,
+          "nats/helm-values-dev.yaml: a volume of at most 1 Gi, larger than the file store limit")
+    limit = mebibytes(dev["container"]["merge"]["resources"]["limits"]["memory"])
+    gomemlimit = mebibytes(dev["container"]["env"]["GOMEMLIMIT"].replace("MiB", "Mi").replace("GiB", "Gi"))
+    check(mebibytes(jetstream["memoryStore"]["maxSize"]) < gomemlimit < limit,
+          "nats/helm-values-dev.yaml: memory store < GOMEMLIMIT < memory limit")
+
+
 def check_nats_sizing() -> None:
     """nats/helm-values.yaml (the official chart) and nats/cluster/*.conf (tests, benchmark) give
     JetStream the same limits, so what is measured is what is installed."""
@@ -408,6 +429,7 @@ def main() -> int:
     failures.extend(f"lint: {e}" for e in report.get("errors", []) or [])
 
     check_nats_sizing()
+    check_nats_dev()
     for name, values in VALUE_SETS.items():
         chart.validate_schema(values)
         rendered = render(chart, values)
@@ -474,6 +496,11 @@ def main() -> int:
             check(pods_metrics == [{"metric": {"name": "relay_connections"},
                                     "target": {"type": "AverageValue", "averageValue": "8000"}}],
                   f"production: HPA on connections per pod {pods_metrics}")
+        if name == "dev":
+            [deployment] = find(docs, "Deployment")
+            check(deployment["spec"]["replicas"] == 1 and env["RELAY_STREAM_REPLICAS"]["value"] == "1"
+                  and find(docs, "PodDisruptionBudget") == [],
+                  "dev: one replica, an R1 stream, no PDB to block the one node's drain")
         if name == "knobs":
             [deployment] = find(docs, "Deployment")
             check(got["container"]["image"] == "registry.corp.example/mirror/sse-relay/sse-relay@sha256:" + "a" * 64,
