@@ -4,8 +4,12 @@
 # Multi-arch (linux/amd64, linux/arm64): the build stage runs on the builder's own platform and
 # cross-compiles for the target's, so arm64 is not built under emulation. Base images are
 # arguments so a registry mirror can stand in (`make image RUST_IMAGE=... RUNTIME_IMAGE=...`).
+# BINARY_FROM=from-host takes a release binary built outside (target/release/sse-relay) instead
+# of the build stage, which is then skipped: how scripts/image.sh builds on a machine that can
+# pull no base image (with a local runtime base made of the binary's own libraries).
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+ARG BINARY_FROM=from-source
 
 FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS build
 ARG TARGETARCH
@@ -45,12 +49,20 @@ RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --package sse-relay --target "$(cat /rust-target)" \
     && cp "target/$(cat /rust-target)/release/sse-relay" /sse-relay
 
+FROM build AS from-source
+
+FROM scratch AS from-host
+COPY target/release/sse-relay /sse-relay
+
+# hadolint ignore=DL3006
+FROM ${BINARY_FROM} AS binary
+
 FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="sse-relay" \
       org.opencontainers.image.description="NATS JetStream to Server-Sent Events relay with exact resume on any replica" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/sse-relay/sse-relay"
-COPY --from=build /sse-relay /usr/local/bin/sse-relay
+COPY --from=binary /sse-relay /usr/local/bin/sse-relay
 USER 65532:65532
 EXPOSE 8080 9090
 ENV RELAY_LISTEN=0.0.0.0:8080 RELAY_ADMIN_LISTEN=0.0.0.0:9090

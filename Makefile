@@ -27,7 +27,7 @@ DEPLOY_CHECK_STAMP := $(VENV)/.installed-$(shell echo '$(DEPLOY_CHECK_PACKAGES)'
 # Browser tests: Debian's Chromium and nginx (installed when missing), playwright-core from npm.
 BROWSER_DIR := tests/browser
 
-.PHONY: help tools deploy-tools browser-tools fault-tools prometheus-tools deny sbom run test test-browser check-deploy image bench clean screenshot
+.PHONY: help tools deploy-tools browser-tools fault-tools prometheus-tools image-tools deny sbom run test test-browser check-deploy image bench clean screenshot
 
 help:
 	@echo "make run    - install what is missing, build, and run the demo (Ctrl-C stops it)"
@@ -59,7 +59,7 @@ $(DEPLOY_CHECK_STAMP):
 # The Helm chart rendered with several value sets and validated against Kubernetes 1.37's
 # schemas; the Dockerfile and the release workflow linted; the image built and run where the
 # machine can (scripts/image.sh says why not where it cannot).
-check-deploy: deploy-tools prometheus-tools
+check-deploy: deploy-tools prometheus-tools image-tools
 	$(VENV)/bin/hadolint Dockerfile
 	promtool check rules helm/sse-relay/files/alerts.yaml
 	promtool test rules helm/tests/alerts.test.yaml
@@ -69,7 +69,7 @@ check-deploy: deploy-tools prometheus-tools
 	scripts/image.sh check
 
 # The container image (IMAGE=..., RUST_IMAGE=..., RUNTIME_IMAGE=... to override).
-image:
+image: image-tools
 	scripts/image.sh build
 
 browser-tools: $(BROWSER_DIR)/node_modules/.package-lock.json
@@ -98,6 +98,14 @@ sbom: $(CARGO_CYCLONEDX)
 	mkdir -p target/sbom
 	mv sse-relay_bin.cdx.json target/sbom/sse-relay.cdx.json
 	@echo "target/sbom/sse-relay.cdx.json"
+
+# buildah (Debian's package) builds and runs the image where docker has no daemon and the base
+# images' registries do not answer (scripts/image.sh).
+image-tools:
+	@command -v buildah >/dev/null || { \
+	  echo "installing Debian's buildah"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq buildah >/dev/null; }
 
 # promtool (Debian's prometheus package) checks and unit-tests the chart's alerts.
 prometheus-tools:
