@@ -4,6 +4,11 @@
 //! The accepted algorithm follows the configured key alone (HS256 for a secret, RS256 or ES256
 //! for a PEM public key), so `alg: none` and algorithm confusion (an HS256 token signed with the
 //! public key) are refused. Tokens are never logged.
+//!
+//! The public key file may hold several keys (PEM blocks one after the other): a token signed by
+//! any of them is accepted, so an issuer's key can be rotated without refusing anyone — add the
+//! new key, roll out, switch the issuer, remove the old key once its tokens have expired
+//! (`docs/operations.md`, *Rotating the JWT key*).
 
 use axum::http::{header, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -22,10 +27,9 @@ pub enum Authorizer {
     Jwt(Box<JwtVerifier>),
 }
 
-/// The key and the rules a token is checked with.
+/// The keys and the rules a token is checked with: each key with its own algorithm.
 pub struct JwtVerifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: Vec<(DecodingKey, Validation)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,38 +49,35 @@ impl Authorizer {
         let Some(jwt_key) = config.jwt_key()? else {
             return Ok(Authorizer::Open);
         };
-        let (key, algorithm) = match jwt_key {
-            JwtKey::Secret(secret) => (
+        let keys: Vec<(DecodingKey, Algorithm)> = match jwt_key {
+            JwtKey::Secret(secret) => vec![(
                 DecodingKey::from_secret(secret.as_bytes()),
                 Algorithm::HS256,
-            ),
+            )],
             JwtKey::PublicKeyFile(path) => {
-                let pem = std::fs::read(&path).map_err(|e| {
+                let pem = std::fs::read_to_string(&path).map_err(|e| {
                     ConfigError::new(
                         "RELAY_JWT_PUBLIC_KEY_FILE",
                         format!("cannot read {}: {e}", path.display()),
                     )
                 })?;
-                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-                    (key, Algorithm::RS256)
-                } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
-                    (key, Algorithm::ES256)
-                } else {
-                    return Err(ConfigError::new(
-                        "RELAY_JWT_PUBLIC_KEY_FILE",
-                        "not an RSA or EC (P-256) public key in PEM format",
-                    ));
-                }
+                public_keys(&pem)?
             }
         };
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_nbf = true;
-        match &config.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
-        Ok(Authorizer::Jwt(Box::new(JwtVerifier { key, validation })))
+        let keys = keys
+            .into_iter()
+            .map(|(key, algorithm)| {
+                let mut validation = Validation::new(algorithm);
+                validation.leeway = LEEWAY_SECS;
+                validation.validate_nbf = true;
+                match &config.jwt_audience {
+                    Some(aud) => validation.set_audience(&[aud]),
+                    None => validation.validate_aud = false,
+                }
+                (key, validation)
+            })
+            .collect();
+        Ok(Authorizer::Jwt(Box::new(JwtVerifier { keys })))
     }
 
     /// Checks the request's token grants every subject.
@@ -91,9 +92,7 @@ impl Authorizer {
         };
         let token = token_from(headers, query)
             .ok_or_else(|| ApiError::Unauthorized("a token is required".into()))?;
-        let claims = jsonwebtoken::decode::<Claims>(&token, &verifier.key, &verifier.validation)
-            .map_err(|e| ApiError::Unauthorized(format!("invalid token: {}", describe(&e))))?
-            .claims;
+        let claims = verifier.decode(&token)?;
         for subject in subjects.subjects() {
             let nats_subject = subject.nats_subject();
             if !claims
@@ -109,6 +108,56 @@ impl Authorizer {
         }
         Ok(())
     }
+}
+
+impl JwtVerifier {
+    /// The token's claims, if any key verifies it; else the first key's reason.
+    fn decode(&self, token: &str) -> Result<Claims, ApiError> {
+        let mut first_error = None;
+        for (key, validation) in &self.keys {
+            match jsonwebtoken::decode::<Claims>(token, key, validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        let reason = first_error.map_or_else(|| "no key".to_owned(), |e| describe(&e).to_string());
+        Err(ApiError::Unauthorized(format!("invalid token: {reason}")))
+    }
+}
+
+/// Every public key of a PEM file (one or several blocks), each with the algorithm it verifies.
+fn public_keys(pem: &str) -> Result<Vec<(DecodingKey, Algorithm)>, ConfigError> {
+    const BEGIN: &str = "-----BEGIN ";
+    let starts: Vec<usize> = pem.match_indices(BEGIN).map(|(at, _)| at).collect();
+    let blocks: Vec<&str> = starts
+        .iter()
+        .enumerate()
+        .map(|(n, &start)| &pem[start..starts.get(n + 1).copied().unwrap_or(pem.len())])
+        .collect();
+    if blocks.is_empty() {
+        return Err(ConfigError::new(
+            "RELAY_JWT_PUBLIC_KEY_FILE",
+            "no PEM block: expected RSA or EC (P-256) public keys in PEM format",
+        ));
+    }
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(i, block)| {
+            if let Ok(key) = DecodingKey::from_rsa_pem(block.as_bytes()) {
+                Ok((key, Algorithm::RS256))
+            } else if let Ok(key) = DecodingKey::from_ec_pem(block.as_bytes()) {
+                Ok((key, Algorithm::ES256))
+            } else {
+                Err(ConfigError::new(
+                    "RELAY_JWT_PUBLIC_KEY_FILE",
+                    format!("PEM block {} is not an RSA or EC (P-256) public key", i + 1),
+                ))
+            }
+        })
+        .collect()
 }
 
 /// `Authorization: Bearer`, else cookie `relay_token`, else query `access_token`.

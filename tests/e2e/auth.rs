@@ -258,3 +258,94 @@ async fn public_key_tokens_refuse_algorithm_confusion() {
     assert_eq!(status(&ec_url, Some(&es256), None).await.0, 200);
     assert_eq!(status(&ec_url, Some(&rs256), None).await.0, 401);
 }
+
+/// Key rotation (docs/operations.md): a key file holding the old and the new public key accepts
+/// tokens of either, and a confused or foreign token still fails; the file without the old key
+/// refuses the old tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_file_with_the_old_and_the_new_key_accepts_both_during_a_rotation() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let both = dir.path().join("keys.pem");
+    let mut bundle = fixture("rsa-public.pem");
+    bundle.extend(fixture("ec-public.pem"));
+    std::fs::write(&both, &bundle).expect("write keys");
+    let relay = Relay::start(
+        &nats.url(),
+        &[
+            ("RELAY_AUTH", "jwt"),
+            ("RELAY_JWT_PUBLIC_KEY_FILE", both.to_str().expect("utf-8")),
+        ],
+    )
+    .await;
+    let url = relay.url("/v1/deployments/d-1/events");
+    let body = claims(&["deploy.>"]);
+    let old = encode(
+        &Header::new(Algorithm::RS256),
+        &body,
+        &EncodingKey::from_rsa_pem(&fixture("rsa-private.pem")).expect("rsa key"),
+    )
+    .expect("token");
+    let new = encode(
+        &Header::new(Algorithm::ES256),
+        &body,
+        &EncodingKey::from_ec_pem(&fixture("ec-private.pem")).expect("ec key"),
+    )
+    .expect("token");
+    assert_eq!(
+        status(&url, Some(&old), None).await.0,
+        200,
+        "the old key's token"
+    );
+    assert_eq!(
+        status(&url, Some(&new), None).await.0,
+        200,
+        "the new key's token"
+    );
+    let confused = hs256(&body, &fixture("rsa-public.pem"));
+    assert_eq!(status(&url, Some(&confused), None).await.0, 401);
+    let foreign = hs256(&body, b"some other secret");
+    assert_eq!(status(&url, Some(&foreign), None).await.0, 401);
+
+    // The rotation done: only the new key; the old tokens are refused.
+    let only_new = dir.path().join("new.pem");
+    std::fs::write(&only_new, fixture("ec-public.pem")).expect("write key");
+    let rotated = Relay::start(
+        &nats.url(),
+        &[
+            ("RELAY_AUTH", "jwt"),
+            (
+                "RELAY_JWT_PUBLIC_KEY_FILE",
+                only_new.to_str().expect("utf-8"),
+            ),
+        ],
+    )
+    .await;
+    let url = rotated.url("/v1/deployments/d-1/events");
+    assert_eq!(status(&url, Some(&new), None).await.0, 200);
+    assert_eq!(status(&url, Some(&old), None).await.0, 401);
+
+    // A file with a block that is no key refuses to start, naming the block.
+    let broken = dir.path().join("broken.pem");
+    let mut text = fixture("ec-public.pem");
+    text.extend(b"-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n");
+    std::fs::write(&broken, text).expect("write keys");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sse-relay"))
+        .arg("serve")
+        .env("RELAY_AUTH", "jwt")
+        .env("RELAY_JWT_PUBLIC_KEY_FILE", &broken)
+        .env("RELAY_NATS_URL", nats.url())
+        .env("RELAY_LISTEN", "127.0.0.1:0")
+        .env("RELAY_ADMIN_LISTEN", "127.0.0.1:0")
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("RELAY_JWT_PUBLIC_KEY_FILE") && stderr.contains("PEM block 2"),
+        "{stderr}"
+    );
+}
