@@ -28,6 +28,8 @@ const CUT_FOR: Duration = Duration::from_secs(60);
 /// `RELAY_MAX_CONNECTION_AGE` of every replica here, and the wait for one age (+10 %).
 const AGE: &str = "60s";
 const ONE_AGE: Duration = Duration::from_secs(66);
+/// A client's replica before its first connection.
+const NOWHERE: usize = usize::MAX;
 
 /// One mode's figures.
 pub struct Faults {
@@ -164,7 +166,8 @@ pub async fn faults_run(mode: &'static str, clients: usize, rate: u32) -> Faults
     let done = CancellationToken::new();
     let connected = Arc::new(AtomicUsize::new(0));
     // Per client: the replica it is on, and when it was live elsewhere after the cut.
-    let on: Arc<Vec<AtomicUsize>> = Arc::new((0..clients).map(|_| AtomicUsize::new(9)).collect());
+    let on: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..clients).map(|_| AtomicUsize::new(NOWHERE)).collect());
     let cut_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let moved: Arc<Mutex<Vec<Option<f64>>>> = Arc::new(Mutex::new(vec![None; clients]));
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
@@ -212,7 +215,7 @@ pub async fn faults_run(mode: &'static str, clients: usize, rate: u32) -> Faults
                     continue;
                 };
                 drop(permit.take());
-                if on[i].swap(replica, Ordering::Relaxed) == 9 {
+                if on[i].swap(replica, Ordering::Relaxed) == NOWHERE {
                     connected.fetch_add(1, Ordering::Relaxed);
                 }
                 if was_cut && replica != 0 {
