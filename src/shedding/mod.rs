@@ -110,12 +110,14 @@ impl Shedder {
             if !self.unreachable_after.is_zero() && cut_off >= self.unreachable_after {
                 let spread = unavailable.get_or_insert_with(|| {
                     let open = self.streams.running();
-                    tracing::warn!(
-                        unreachable_for = ?cut_off,
-                        open,
-                        "NATS or the stream unreachable; ending every stream so its client \
-                         resumes on a ready replica"
-                    );
+                    if open > 0 {
+                        tracing::warn!(
+                            unreachable_for = ?cut_off,
+                            open,
+                            "NATS or the stream unreachable; ending every stream so its client \
+                             resumes on a ready replica"
+                        );
+                    }
                     Spread::new(now, UNAVAILABLE_SPREAD, open)
                 });
                 spread.ended += self.end(spread.due(now), ShedReason::Unavailable);
