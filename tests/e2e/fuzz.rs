@@ -60,6 +60,7 @@ async fn garbage_never_5xx_and_never_creates_a_consumer() {
     let client = http();
 
     let mut statuses = std::collections::BTreeMap::new();
+    let mut transport_errors = Vec::new();
     for i in 0..400 {
         let id = garbage_id(&mut rng);
         let resume = garbage_resume(&mut rng);
@@ -99,8 +100,15 @@ async fn garbage_never_5xx_and_never_creates_a_consumer() {
         if let Some(value) = header.filter(|v| reqwest::header::HeaderValue::from_str(v).is_ok()) {
             request = request.header("Last-Event-ID", value);
         }
-        let Ok(response) = request.send().await else {
-            continue; // reqwest refused to build the URL: nothing reached the relay
+        let response = match request.send().await {
+            Ok(response) => response,
+            // reqwest refused to build the URL: nothing reached the relay.
+            Err(err) if err.is_builder() => continue,
+            // Anything else (refused, reset) is the relay failing: counted, and fatal below.
+            Err(err) => {
+                transport_errors.push(format!("{path}: {err}"));
+                continue;
+            }
         };
         let status = response.status().as_u16();
         let text = response.text().await.expect("body");
@@ -111,6 +119,12 @@ async fn garbage_never_5xx_and_never_creates_a_consumer() {
         *statuses.entry(status).or_insert(0) += 1;
     }
     eprintln!("statuses: {statuses:?}");
+    assert!(
+        transport_errors.is_empty(),
+        "requests that reached no relay: {transport_errors:?}"
+    );
+    let (status, _) = get_json(&relay.admin_url("/healthz")).await;
+    assert_eq!(status, 200, "the relay survived the garbage");
     assert!(
         statuses.values().sum::<i32>() >= 300,
         "most requests reached the relay"

@@ -38,6 +38,10 @@ async fn a_known_scenario_scrapes_exactly() {
     assert_eq!(ids(&c1.events(5).await), vec![1, 2, 3, 4, 5]);
     assert_eq!(ids(&c2.events(5).await), vec![1, 2, 3, 4, 5]);
 
+    // Connections add their deliveries to the counter when they go idle: wait for it.
+    relay
+        .wait_metric("relay_events_delivered_total", 10.0)
+        .await;
     let m = relay.metrics().await;
     assert_eq!(sample(&m, r#"relay_connections{kind="deployment"}"#), 2.0);
     assert_eq!(sample(&m, r#"relay_connections{kind="pavilion"}"#), 1.0);
@@ -118,6 +122,7 @@ async fn the_shared_modes_series_scrape_exactly() {
     assert_eq!(status, 200);
     assert_eq!(page["next_after"], 3);
 
+    relay.wait_metric("relay_events_delivered_total", 5.0).await;
     let m = relay.metrics().await;
     assert_eq!(sample(&m, "relay_live_sources"), 1.0);
     assert_eq!(sample(&m, "relay_ring_hits_total"), 3.0);

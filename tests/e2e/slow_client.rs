@@ -39,6 +39,8 @@ async fn a_stalled_client_is_cut_off_without_growing_the_relay(mode) {
     let mut normal = SseClient::connect(&relay.url("/v1/deployments/d-slow/events"), None).await;
     relay.wait_metric(connections, 2.0).await;
     let rss_before = relay.rss_kib();
+    // Read from /proc: 0 would mean it could not be, and every growth below would read as none.
+    assert!(rss_before > 0, "the relay's RSS is readable");
 
     let publisher = Publisher::connect(&nats.url()).await;
     let reading = tokio::spawn(async move {

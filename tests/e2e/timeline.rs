@@ -51,6 +51,7 @@ async fn paging_returns_every_event_once_matching_sse(mode) {
         let m = relay.metrics().await;
         assert_eq!(sample(&m, "relay_consumers_created_total"), 1.0);
         assert_eq!(sample(&m, "relay_ring_misses_total"), 0.0);
+        assert!(sample(&m, "relay_ring_hits_total") > 0.0, "the pages came from the ring");
         // A replica whose ring holds only the last 3 events pages the same from JetStream.
         let small = Relay::start_in(mode, &nats.url(), &[("RELAY_RING_EVENTS", "3")]).await;
         assert_eq!(page_through(&small, last).await, paged);

@@ -169,14 +169,16 @@ async fn without_an_endpoint_nothing_is_exported_or_attempted() {
         .expect("publish runs");
     assert!(out.status.success());
     assert_eq!(client.next_event().await.id.as_deref(), Some("1"));
-    let _ = http()
+    let polled = http()
         .get(relay.url("/v1/deployments/d-1/timeline"))
         .header(
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )
         .send()
-        .await;
+        .await
+        .expect("timeline request");
+    assert_eq!(polled.status().as_u16(), 200, "a traced request was served");
     drop(client);
     // The publisher has exited (its exporter would have flushed); give the relay's batch
     // processor many of its 50 ms cycles.
