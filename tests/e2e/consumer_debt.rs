@@ -38,6 +38,20 @@ async fn consumers_are_deleted_when_clients_leave(mode) {
 
     drop(clients);
     relay.wait_metric(connections, 0.0).await;
+    match mode {
+        // One consumer per client, each deleted by the relay as its client left.
+        Fanout::Consumer => {
+            relay
+                .wait_metric_at_least("relay_consumers_deleted_total", 100.0)
+                .await
+        }
+        // No client ever had a consumer: nothing to delete, the tail's the only one created.
+        Fanout::Shared => {
+            let m = relay.metrics().await;
+            assert_eq!(sample(&m, "relay_consumers_created_total"), 1.0);
+            assert_eq!(sample(&m, "relay_consumers_deleted_total"), 0.0);
+        }
+    }
     nats.wait_consumer_count(&js, baseline, Duration::from_secs(5))
         .await;
 
