@@ -68,10 +68,12 @@ async fn a_replica_cut_off_from_nats_hands_its_clients_over_and_serves_again_onc
     // (b) Healed: A becomes ready again and serves a new client every event.
     net.heal(&a_host, nats_host.addr);
     a.wait_ready_status(200).await;
+    let live_before = sample(&a.metrics().await, "relay_live_lag_seconds_count");
     on_a.extend(followers(&balancer, PATH, 0, 1, RECONNECT_WITHIN).await);
     a.wait_metric(connections, 1.0).await;
-
-    tokio::time::sleep(Duration::from_millis(500)).await; // a few more events after the heal
+    // A delivers live events again (the new client's, after its replay).
+    a.wait_metric_at_least("relay_live_lag_seconds_count", live_before + 1.0)
+        .await;
     stop.store(true, Ordering::Relaxed);
     let published = publishing.await.expect("publisher");
     let late = on_a.pop().expect("the client opened after the heal");
