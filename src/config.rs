@@ -118,6 +118,13 @@ pub struct Config {
     /// added later. Zero: unlimited.
     #[serde(with = "humantime_serde")]
     pub max_connection_age: Duration,
+    /// Who is watching each subject, summed over the replicas (`docs/api.md` §12). Off: the
+    /// presence endpoints answer 404 and the replica sends and reads nothing for it.
+    pub presence: bool,
+    /// How often a replica publishes the counts that changed (and a keep-alive); a replica not
+    /// heard from for three of them drops out of every count.
+    #[serde(with = "humantime_serde")]
+    pub presence_interval: Duration,
     pub auth: AuthMode,
     pub jwt_secret: Option<String>,
     pub jwt_public_key_file: Option<PathBuf>,
@@ -161,6 +168,8 @@ impl Default for Config {
             shed_unreachable_after: Duration::from_secs(15),
             shed_lag: Duration::from_secs(5),
             max_connection_age: Duration::ZERO,
+            presence: true,
+            presence_interval: Duration::from_secs(5),
             auth: AuthMode::None,
             jwt_secret: None,
             jwt_public_key_file: None,
@@ -235,6 +244,12 @@ impl Config {
         nonzero("RELAY_DRAIN_TIMEOUT", self.drain_timeout)?;
         nonzero("RELAY_WRITE_TIMEOUT", self.write_timeout)?;
         nonzero("RELAY_HEADER_READ_TIMEOUT", self.header_read_timeout)?;
+        if self.presence_interval < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "RELAY_PRESENCE_INTERVAL",
+                "must be at least 100ms",
+            ));
+        }
         if self.nats_urls().is_empty() {
             return Err(ConfigError::new("RELAY_NATS_URL", "no NATS URL given"));
         }
@@ -433,6 +448,14 @@ const VARIABLES: &[(&str, &str)] = &[
     (
         "RELAY_MAX_CONNECTION_AGE",
         "end streams older than this, +-10 %, to rebalance (0: unlimited)",
+    ),
+    (
+        "RELAY_PRESENCE",
+        "count who watches each subject over the replicas (false: /presence is 404)",
+    ),
+    (
+        "RELAY_PRESENCE_INTERVAL",
+        "how often a replica publishes its changed counts; 3 of them silent: dropped",
     ),
     ("RELAY_AUTH", "none or jwt"),
     ("RELAY_JWT_SECRET", "HS256 secret"),

@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod http;
 pub mod jetstream;
 pub mod open_files;
+pub mod presence;
 pub mod publish;
 pub mod readiness;
 pub mod server;

@@ -103,6 +103,11 @@ pub async fn serve(
     };
     let state = AppState::new(config.clone(), fanout, readiness.clone())?;
     let limits = state.limits.clone();
+    let presence_stop = CancellationToken::new();
+    let presence_task = state.presence.clone().map(|presence| {
+        let replicas = jetstream::StreamSettings::from_config(&config).replicas;
+        tokio::spawn(presence.run(store.clone(), replicas, presence_stop.clone()))
+    });
     gauge!(MAX_CONNECTIONS).set(config.max_connections as f64);
     let fanout_name = match config.fanout {
         FanoutMode::Consumer => "consumer",
@@ -218,6 +223,8 @@ pub async fn serve(
     let streams_deadline = deadline - config.drain_timeout / 8;
     let _ = tokio::time::timeout_at(streams_deadline, limits.all_closed()).await;
     stop_http.cancel();
+    // Its streams are closed: the replica's presence keys are deleted, so peers stop counting it.
+    presence_stop.cancel();
     watcher_stop.cancel();
     tail_stop.cancel();
     match tokio::time::timeout_at(deadline, &mut server).await {
@@ -231,6 +238,11 @@ pub async fn serve(
     if let Some(tail) = tail_task {
         if tokio::time::timeout_at(deadline, tail).await.is_err() {
             tracing::warn!("the live tail did not stop before the drain timeout");
+        }
+    }
+    if let Some(presence) = presence_task {
+        if tokio::time::timeout_at(deadline, presence).await.is_err() {
+            tracing::warn!("presence not withdrawn before the drain timeout");
         }
     }
     store.finish_deletions(deadline).await;

@@ -104,6 +104,16 @@ impl Subject {
         format!("{}.{}", self.kind.prefix(), self.key)
     }
 
+    /// A NATS subject (`deploy.<key>` or `pavilion.<key>`) read back, e.g. from another replica's
+    /// presence key; anything else is `None`.
+    pub fn parse_nats(s: &str) -> Option<Self> {
+        let (prefix, key) = s.split_once('.')?;
+        let kind = [SubjectKind::Deployment, SubjectKind::Pavilion]
+            .into_iter()
+            .find(|kind| kind.prefix() == prefix)?;
+        Some(Self::new(kind, SubjectKey::parse(key).ok()?))
+    }
+
     /// The polling fallback for this subject.
     pub fn timeline_path(&self) -> String {
         format!("/v1/{}/{}/timeline", self.kind.path_segment(), self.key)
@@ -211,6 +221,18 @@ mod tests {
         assert_eq!(d("d-1").nats_subject(), "deploy.d-1");
         assert_eq!(p.nats_subject(), "pavilion.p-7");
         assert_eq!(p.timeline_path(), "/v1/pavilions/p-7/timeline");
+        assert_eq!(Subject::parse_nats("pavilion.p-7"), Some(p.clone()));
+        assert_eq!(Subject::parse_nats("deploy.d-1"), Some(d("d-1")));
+        for bad in [
+            "deploy",
+            "deploy.",
+            "deploy.a.b",
+            "deploy.*",
+            "other.a",
+            ".a",
+        ] {
+            assert_eq!(Subject::parse_nats(bad), None, "{bad}");
+        }
         let set = SubjectSet::new(vec![d("b"), p.clone(), d("a"), d("b")]).expect("valid");
         assert_eq!(
             set.nats_subjects(),

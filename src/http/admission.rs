@@ -14,6 +14,13 @@ use crate::readiness::NotReady;
 use crate::subject::{ResumePoint, SubjectSet};
 use crate::telemetry::metrics::{CONNECTIONS_REJECTED, RESUMES};
 
+/// An admitted stream: its slots, its feed, and who opened it (the token's `sub`).
+pub struct Admitted {
+    pub permit: ConnectionPermit,
+    pub opened: Opened,
+    pub user: Option<String>,
+}
+
 /// Admits a stream of `subjects` from `resume`: its slots and its feed.
 pub async fn admit(
     state: &AppState,
@@ -21,7 +28,7 @@ pub async fn admit(
     query: &QueryPairs,
     headers: &HeaderMap,
     resume: Option<ResumePoint>,
-) -> Result<(ConnectionPermit, Opened), ApiError> {
+) -> Result<Admitted, ApiError> {
     let admitted = check_and_open(state, subjects, query, headers, resume).await;
     match &admitted {
         Ok(_) if resume.is_some() => counter!(RESUMES).increment(1),
@@ -41,8 +48,8 @@ async fn check_and_open(
     query: &QueryPairs,
     headers: &HeaderMap,
     resume: Option<ResumePoint>,
-) -> Result<(ConnectionPermit, Opened), ApiError> {
-    state.authorizer.authorize(headers, query, subjects)?;
+) -> Result<Admitted, ApiError> {
+    let user = state.authorizer.authorize(headers, query, subjects)?;
     state.readiness.check().map_err(|why| match why {
         NotReady::Draining => ApiError::Draining,
         NotReady::Unavailable => ApiError::NotReady("NATS or the stream is unreachable".into()),
@@ -72,7 +79,11 @@ async fn check_and_open(
         }
     })?;
     let opened = state.fanout.open(subjects, resume).await?;
-    Ok((permit, opened))
+    Ok(Admitted {
+        permit,
+        opened,
+        user,
+    })
 }
 
 fn rejection_reason(err: &ApiError) -> Option<&'static str> {

@@ -34,6 +34,9 @@ pub struct JwtVerifier {
 
 #[derive(Debug, Deserialize)]
 struct Claims {
+    /// Who the token speaks for: the user presence lists (`docs/api.md` §12).
+    #[serde(default)]
+    sub: Option<String>,
     #[serde(default)]
     relay: RelayClaim,
 }
@@ -80,15 +83,16 @@ impl Authorizer {
         Ok(Authorizer::Jwt(Box::new(JwtVerifier { keys })))
     }
 
-    /// Checks the request's token grants every subject.
+    /// Checks the request's token grants every subject; the token's `sub`, if it has one (none
+    /// without auth).
     pub fn authorize(
         &self,
         headers: &HeaderMap,
         query: &QueryPairs,
         subjects: &SubjectSet,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<String>, ApiError> {
         let Authorizer::Jwt(verifier) = self else {
-            return Ok(());
+            return Ok(None);
         };
         let token = token_from(headers, query)
             .ok_or_else(|| ApiError::Unauthorized("a token is required".into()))?;
@@ -106,7 +110,7 @@ impl Authorizer {
                 )));
             }
         }
-        Ok(())
+        Ok(claims.sub)
     }
 }
 

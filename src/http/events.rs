@@ -65,8 +65,18 @@ async fn open_stream(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let resume = resume_point(headers, query)?;
-    let (permit, opened) = admission::admit(&state, &subjects, query, headers, resume).await?;
+    let follow_presence = query.flag("presence")?;
+    let admission::Admitted {
+        permit,
+        opened,
+        user,
+    } = admission::admit(&state, &subjects, query, headers, resume).await?;
     tracing::debug!(subjects = ?subjects.nats_subjects(), resume = ?resume, "stream opened");
+    let presence = state.presence.as_ref();
+    let attendance = presence.map(|p| p.join(&subjects, user));
+    let presence_frames = presence
+        .filter(|_| follow_presence)
+        .map(|p| p.follow(&subjects));
 
     let mut first = VecDeque::new();
     first.push_back(sse::retry_frame(sse::jittered_retry_ms(state.config.retry)));
@@ -80,11 +90,13 @@ async fn open_stream(
         state.connection_id(),
         state.live_lag.clone(),
         opened.live_after,
+        attendance,
     );
     let settings = BodySettings {
         heartbeat: state.config.heartbeat,
         retry: state.config.retry,
         ticket: state.streams.register(),
+        presence: presence_frames,
     };
     let body = SseBody::new(first, opened.feed, open, settings);
 

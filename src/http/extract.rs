@@ -66,6 +66,15 @@ impl QueryPairs {
         SubjectSet::new(subjects).map_err(|e| ApiError::InvalidQuery(e.to_string()))
     }
 
+    /// An optional on/off parameter: `1` or `true` is on; absent, empty, `0` or `false` off.
+    pub fn flag(&self, key: &str) -> Result<bool, ApiError> {
+        match self.get(key) {
+            None | Some("" | "0" | "false") => Ok(false),
+            Some("1" | "true") => Ok(true),
+            Some(_) => Err(ApiError::InvalidQuery(format!("{key} must be 1 or 0"))),
+        }
+    }
+
     /// An optional unsigned integer parameter.
     pub fn u64_param(&self, key: &str) -> Result<Option<u64>, ApiError> {
         self.get(key)

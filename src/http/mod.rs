@@ -12,6 +12,7 @@ mod health;
 mod limits;
 mod middleware;
 mod poll_rate;
+mod presence;
 mod serve;
 mod stall;
 mod stream_body;
@@ -35,6 +36,7 @@ pub use stall::StallGuardedListener;
 
 use crate::config::{Config, ConfigError};
 use crate::fanout::Fanout;
+use crate::presence::Presence;
 use crate::readiness::Readiness;
 use crate::shedding::{LiveLag, OpenStreams};
 
@@ -55,6 +57,8 @@ pub struct AppState {
     pub streams: Arc<OpenStreams>,
     /// How late live events reach this replica's clients.
     pub live_lag: Arc<LiveLag>,
+    /// Who watches what, over the replicas; `None` with `RELAY_PRESENCE=false`.
+    pub presence: Option<Arc<Presence>>,
 }
 
 impl AppState {
@@ -78,6 +82,9 @@ impl AppState {
             limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_key),
             streams: OpenStreams::new(config.max_connection_age),
             live_lag: Arc::new(LiveLag::new(config.shed_lag)),
+            presence: config
+                .presence
+                .then(|| Presence::new(fanout.store().replica_id(), config.presence_interval)),
             config,
             fanout,
             next_connection: Arc::new(AtomicU64::new(1)),
@@ -116,6 +123,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/pavilions/{id}/timeline",
             get(timeline::pavilion_timeline),
+        )
+        .route(
+            "/v1/deployments/{id}/presence",
+            get(presence::deployment_presence),
+        )
+        .route(
+            "/v1/pavilions/{id}/presence",
+            get(presence::pavilion_presence),
         )
         .layer(axum::middleware::from_fn(middleware::request_timeout));
     let cors = cors_layer(&state.config.cors_origins());
@@ -182,7 +197,10 @@ async fn fallback(method: Method, uri: Uri) -> ApiError {
     let path = uri.path();
     for prefix in ["/v1/deployments/", "/v1/pavilions/"] {
         if let Some(rest) = path.strip_prefix(prefix) {
-            if rest.ends_with("/events") || rest.ends_with("/timeline") {
+            if ["/events", "/timeline", "/presence"]
+                .iter()
+                .any(|end| rest.ends_with(end))
+            {
                 return ApiError::InvalidId("id must be 1 to 128 of A-Z a-z 0-9 _ -".into());
             }
         }

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use http_body::Frame;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
@@ -27,6 +28,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::limits::ConnectionPermit;
 use crate::fanout::ClientFeed;
 use crate::jetstream::RelayEvent;
+use crate::presence::Attendance;
 use crate::shedding::{LagWindow, LiveLag, ShedReason, StreamTicket};
 use crate::sse;
 use crate::subject::{ResumePoint, SubjectSet};
@@ -56,6 +58,8 @@ pub struct OpenConnection {
     events: u64,
     /// Why the stream ended; a stream dropped without one ended because the client left.
     end_reason: &'static str,
+    /// Counts the stream in presence while it is open.
+    _attendance: Option<Attendance>,
 }
 
 impl OpenConnection {
@@ -69,6 +73,7 @@ impl OpenConnection {
         connection_id: String,
         live: Arc<LiveLag>,
         live_after: u64,
+        attendance: Option<Attendance>,
     ) -> Self {
         let span = if !telemetry::exporting() {
             tracing::Span::none()
@@ -103,6 +108,7 @@ impl OpenConnection {
             connection_id,
             events: 0,
             end_reason: "client_closed",
+            _attendance: attendance,
         }
     }
 
@@ -181,6 +187,7 @@ pub struct SseBody {
     retry: Duration,
     /// The stream's place among the open ones, and its switch.
     ticket: StreamTicket,
+    presence: Option<BoxStream<'static, Bytes>>,
     /// Fires at the earliest moment a heartbeat may be due; re-armed only when it fires, not per
     /// frame (a timer-wheel update per delivered event costs more than reading the clock).
     idle: Pin<Box<Sleep>>,
@@ -196,6 +203,8 @@ pub struct BodySettings {
     pub retry: Duration,
     /// Ends the stream on purpose (`relay.drain`).
     pub ticket: StreamTicket,
+    /// `relay.presence` frames, for a stream opened with `?presence=1`.
+    pub presence: Option<BoxStream<'static, Bytes>>,
 }
 
 impl SseBody {
@@ -212,6 +221,7 @@ impl SseBody {
             heartbeat: settings.heartbeat,
             retry: settings.retry,
             ticket: settings.ticket,
+            presence: settings.presence,
             idle: Box::pin(tokio::time::sleep(settings.heartbeat)),
             last_frame: Instant::now(),
             open,
@@ -248,6 +258,14 @@ impl http_body::Body for SseBody {
         }
         if let Some(reason) = this.ticket.switch.reason() {
             return this.drained(reason);
+        }
+        if let Some(presence) = &mut this.presence {
+            match presence.poll_next_unpin(cx) {
+                Poll::Ready(Some(frame)) => return this.frame(frame),
+                // The replica stopped its presence: the events go on without it.
+                Poll::Ready(None) => this.presence = None,
+                Poll::Pending => {}
+            }
         }
         match this.feed.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(delivery))) => {

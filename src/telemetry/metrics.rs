@@ -29,6 +29,9 @@ pub const LIVE_LAG: &str = "relay_live_lag_seconds";
 pub const MAX_CONNECTIONS: &str = "relay_max_connections";
 pub const READY: &str = "relay_ready";
 pub const INFO: &str = "relay_info";
+pub const PRESENCE_PUBLISHED: &str = "relay_presence_messages_published_total";
+pub const PRESENCE_RECEIVED: &str = "relay_presence_messages_received_total";
+pub const PRESENCE_REPLICAS: &str = "relay_presence_replicas";
 
 /// Delivery lag buckets: from a millisecond (live events) to minutes (a replayed backlog).
 const LAG_BUCKETS: &[f64] = &[
@@ -121,6 +124,18 @@ fn describe() {
         INFO,
         "Always 1; labels: version, fanout (consumer or shared): what alerts and dashboards select on"
     );
+    describe_counter!(
+        PRESENCE_PUBLISHED,
+        "Presence writes to the bucket (a replica's changed subjects, keep-alives, deletions)"
+    );
+    describe_counter!(
+        PRESENCE_RECEIVED,
+        "Presence entries read from the bucket's watch (every replica's writes)"
+    );
+    describe_gauge!(
+        PRESENCE_REPLICAS,
+        "Replicas whose presence this one counts (itself included)"
+    );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS");
     describe_gauge!(DRAINING, "1 while the replica drains for shutdown");
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
@@ -175,6 +190,8 @@ fn describe() {
         CATCH_UP_PAGES,
         HANDOVERS,
         CLIENTS_LAGGED,
+        PRESENCE_PUBLISHED,
+        PRESENCE_RECEIVED,
     ] {
         counter!(name).absolute(0);
     }

@@ -23,6 +23,7 @@ mod metrics;
 mod nats_restart;
 mod otlp;
 mod permissions;
+mod presence;
 mod process;
 mod prometheus;
 mod resume;

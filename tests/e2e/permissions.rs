@@ -90,7 +90,8 @@ async fn publish(url: &str, deployment: &str, pavilion: &str) -> (bool, String, 
 both_modes! {
 async fn the_documented_permissions_are_all_the_relay_and_a_publisher_need(mode) {
     let nats = SecuredNats::start(&users_conf()).await;
-    let relay = Relay::start_in(mode, &nats.url("relay", RELAY_PASSWORD), &[]).await;
+    let presence = [("RELAY_PRESENCE_INTERVAL", "300ms")];
+    let relay = Relay::start_in(mode, &nats.url("relay", RELAY_PASSWORD), &presence).await;
     let stream = relay.url("/v1/events?deployment=d-1&pavilion=p-1");
     let mut client = SseClient::connect(&stream, None).await;
     let publisher = nats.url("publisher", PUBLISHER_PASSWORD);
@@ -111,8 +112,26 @@ async fn the_documented_permissions_are_all_the_relay_and_a_publisher_need(mode)
     // A subject never published to: an empty page.
     let (status, page) = get_json(&relay.url("/v1/deployments/d-none/timeline")).await;
     assert_eq!((status, page["last_seq"].as_u64()), (200, Some(0)), "{page}");
+    // Presence: a second replica counts the first one's streams (the bucket was created, both
+    // write their keys and watch the others').
+    let other = Relay::start_in(mode, &nats.url("relay", RELAY_PASSWORD), &presence).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = get_json(&other.url("/v1/pavilions/p-1/presence")).await;
+        assert_eq!(status, 200, "{body}");
+        if body["connections"] == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "presence never summed: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(
-        relay.warnings().iter().all(|w| !w.contains("refused")),
+        other.warnings().iter().all(|w| !w.contains("presence")),
+        "{:?}",
+        other.warnings()
+    );
+    assert!(
+        relay.warnings().iter().all(|w| !w.contains("refused") && !w.contains("presence")),
         "no request refused: {:?}",
         relay.warnings()
     );
