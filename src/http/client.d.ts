@@ -21,6 +21,18 @@ export interface RelayEvent {
   time: string | null;
 }
 
+/** Who watches a subject, over every replica (`GET .../presence`, `relay.presence`). */
+export interface Presence {
+  /** `deploy.<id>` or `pavilion.<id>`. */
+  subject: string;
+  /** Open streams of the subject. */
+  connections: number;
+  /** Distinct JWT `sub` values, sorted, at most 100; empty without auth. */
+  users: string[];
+  /** When the relay computed it (RFC 3339). */
+  as_of: string;
+}
+
 /** connecting → live; reconnecting while the EventSource retries; polling while the relay
  * refuses the stream (429/503) and /timeline is polled instead; closed after close(). */
 export type WatchState = "connecting" | "live" | "reconnecting" | "polling" | "closed";
@@ -33,6 +45,9 @@ export interface WatchOptions {
   onReset?: () => void;
   /** relay.gap: events between the cursor and `first_available` expired from the stream. */
   onGap?: (gap: { requested: number; first_available: number } | null) => void;
+  /** Who watches each subject: called with a subject's figures when they changed (streams ask
+   * with `?presence=1`; while polling, `/presence` is asked on each poll). */
+  onPresence?: (presence: Presence) => void;
   /** Resume after this sequence (a saved `cursor`); default: every retained event. */
   since?: number;
   /** A JWT, or a function returning the current one (asked on every (re)connect and poll). */

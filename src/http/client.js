@@ -16,6 +16,7 @@ export function watch(subjects, options = {}) {
     onState = () => {},
     onReset = () => {},
     onGap = () => {},
+    onPresence,
     since = 0,
     token,
     baseUrl = "",
@@ -43,6 +44,16 @@ export function watch(subjects, options = {}) {
   const setState = (next) => { if (next !== state) { state = next; onState(next); } };
   const currentToken = () => (typeof token === "function" ? token() : token);
   const base = baseUrl.replace(/\/$/, "");
+  const presenceSeen = new Map(); // subject -> the last figures reported to onPresence
+
+  /** Reports a subject's presence when its figures changed (a reconnect is sent them again). */
+  function presence(p) {
+    if (!onPresence || !p || typeof p.subject !== "string") return;
+    const figures = JSON.stringify([p.connections, p.users]);
+    if (presenceSeen.get(p.subject) === figures) return;
+    presenceSeen.set(p.subject, figures);
+    onPresence(p);
+  }
 
   function deliver(seq, subject, type, data, time) {
     if (!Number.isSafeInteger(seq) || seq <= 0 || seen.has(seq)) return;
@@ -80,6 +91,7 @@ export function watch(subjects, options = {}) {
     }
     const resume = Math.min(...polled.values(), cursor);
     if (resume > 0) q.set("last_event_id", String(resume));
+    if (onPresence) q.set("presence", "1");
     const t = currentToken();
     if (t) q.set("access_token", t);
     const qs = q.toString();
@@ -105,6 +117,9 @@ export function watch(subjects, options = {}) {
       try { onGap(JSON.parse(e.data)); } catch { onGap(null); }
     });
     source.addEventListener("relay.drain", () => setState("reconnecting"));
+    source.addEventListener("relay.presence", (e) => {
+      try { presence(JSON.parse(e.data)); } catch { /* not JSON: ignored */ }
+    });
     source.onerror = () => {
       if (closed) return;
       if (source.readyState === 2 /* CLOSED */) {
@@ -182,6 +197,14 @@ export function watch(subjects, options = {}) {
     const events = pages.filter((e) => e.seq !== undefined).sort((a, b) => a.seq - b.seq);
     for (const e of events) deliver(e.seq, e.subject, e.type, e.data, e.time);
     for (const p of pages) if (p.w) advance(p.w, p.after);
+    if (onPresence) {
+      // Polling, presence is asked for too (a sum in the relay's memory: no NATS request).
+      for (const w of watched) {
+        const url = `${base}/v1/${w.kind}/${encodeURIComponent(w.id)}/presence`;
+        const r = await fetchImpl(url, { headers: authHeaders(), cache: "no-store" }).catch(() => null);
+        if (r && r.ok) presence(await r.json().catch(() => null));
+      }
+    }
   }
 
   connect();

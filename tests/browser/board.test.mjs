@@ -7,7 +7,7 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 
 import {
-  ROOT, launchBrowser, openConnections, publish, startStack, stop, timelineSeqs, until,
+  ROOT, launchBrowser, openConnections, publish, startNats, startRelay, startStack, stop, timelineSeqs, until,
 } from "./harness.mjs";
 
 let browser;
@@ -104,5 +104,47 @@ test("refused by the per-key limit, the page polls, misses nothing, and goes liv
   } finally {
     await page.close();
     await stack.stop();
+  }
+});
+
+test("presence: the board shows who watches a deployment across replicas, and the module's onPresence follows", async () => {
+  const nats = await startNats();
+  const env = { RELAY_PRESENCE_INTERVAL: "500ms" };
+  const relays = [await startRelay(nats.url, env), await startRelay(nats.url, env)];
+  const board = await browser.newPage();
+  const other = await browser.newPage();
+  try {
+    // The board on one replica, a page using the module's onPresence on the other.
+    await board.goto(`${relays[0].base}/?deployment=d-pr`);
+    await until("the board live", () => board.evaluate(() => window.relayMode === "live"));
+    await other.goto(`${relays[1].base}/healthz`);
+    await other.evaluate(async () => {
+      const { watch } = await import("/client.js");
+      window.presence = [];
+      window.feed = watch({ deployments: ["d-pr"] }, { onPresence: (p) => window.presence.push(p) });
+    });
+    const item = board.locator('#presence li[data-subject="deploy.d-pr"]');
+    await until("the board counts both watchers", async () =>
+      (await item.textContent().catch(() => "")) === "deployment d-pr: 2 watching");
+    await until("the module is told 2", () =>
+      other.evaluate(() => window.presence.at(-1)?.connections === 2));
+    const list = board.locator("#presence");
+    assert.equal(await list.getAttribute("aria-label"), "Who is watching");
+    assert.equal(await list.getAttribute("aria-live"), "polite");
+    assert.ok(await list.isVisible(), "the list is shown");
+
+    // The board leaves: the module hears 1, and no figures twice in a row.
+    await board.close();
+    await until("the module is told 1", () =>
+      other.evaluate(() => window.presence.at(-1)?.connections === 1));
+    const told = await other.evaluate(() => window.presence.map((p) => [p.subject, p.connections, p.users]));
+    for (let i = 1; i < told.length; i++) assert.notDeepEqual(told[i], told[i - 1], `repeated: ${JSON.stringify(told)}`);
+    assert.deepEqual(told.at(-1), ["deploy.d-pr", 1, []]);
+  } finally {
+    await other.evaluate(() => window.feed?.close()).catch(() => {});
+    await other.close();
+    if (!board.isClosed()) await board.close();
+    for (const r of relays) await stop(r.child);
+    await stop(nats.child);
   }
 });
