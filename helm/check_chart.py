@@ -43,7 +43,7 @@ CONTRACT_VARS = {
     "RELAY_RING_EVENTS", "RELAY_RING_BYTES", "RELAY_CLIENT_BACKLOG", "RELAY_ADMIN_LISTEN",
     "RELAY_CLIENT_ADDRESS_HEADER", "RELAY_MAX_PENDING_CONNECTIONS", "RELAY_HEADER_READ_TIMEOUT",
     "RELAY_TIMELINE_RATE", "RELAY_TIMELINE_BURST", "RELAY_SHED_UNREACHABLE_AFTER", "RELAY_SHED_LAG",
-    "RELAY_MAX_CONNECTION_AGE",
+    "RELAY_MAX_CONNECTION_AGE", "RELAY_PRESENCE", "RELAY_PRESENCE_INTERVAL",
 }
 
 
@@ -451,6 +451,8 @@ def main() -> int:
             check((env["RELAY_SHED_UNREACHABLE_AFTER"]["value"], env["RELAY_SHED_LAG"]["value"],
                    env["RELAY_MAX_CONNECTION_AGE"]["value"]) == ("15s", "5s", "30m"),
                   "defaults: self-healing on, streams renewed every 30 minutes")
+            check((env["RELAY_PRESENCE"]["value"], env["RELAY_PRESENCE_INTERVAL"]["value"]) == ("true", "5s"),
+                  "defaults: presence on, every 5 s")
         if name == "other-nats":
             check(env["RELAY_NATS_URL"]["value"] == values["nats"]["url"], "other-nats: RELAY_NATS_URL")
             check(env["RELAY_NATS_CREDS"]["value"] == "/etc/sse-relay/nats/creds", "other-nats: creds file")
