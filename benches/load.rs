@@ -3,7 +3,7 @@
 //! Starts its own nats-server(s) and relay(s) on loopback, opens concurrent SSE clients, publishes
 //! events spread over K deployments and one pavilion, and checks that every client got every event
 //! of its subject exactly once (the `lost` and `dup` columns). Parts, selected with
-//! `BENCH_PARTS=sweep,traced,storm,churn,shapes,scale,faults` (comma-separated; default: all of
+//! `BENCH_PARTS=sweep,traced,storm,churn,shapes,scale,presence,faults` (comma-separated; default: all of
 //! them):
 //!
 //! - `sweep`: for every (C clients, R events/s) one row per relay fan-out mode and, beside them in
@@ -23,6 +23,10 @@
 //! - `scale`: 3 relay replicas on a 3-node NATS cluster, a NATS node SIGKILLed halfway: the
 //!   stream's leader at that moment (the worst case), or the node `BENCH_KILL_NODE` names
 //!   (`relay-nats-1` to `relay-nats-3`);
+//! - `presence`: what presence costs (`parts/presence.rs`): the 10,000-client, 1,000 events/s row
+//!   with `RELAY_PRESENCE=false` and with presence on, and the presence bucket's writes counted
+//!   by a NATS subscriber (messages/s, the most writes of one key in one interval); then a
+//!   reconnect storm of the same clients, counted the same way;
 //! - `faults`: a fleet that heals itself, on network namespaces of its own (`faults.rs`): 10,000
 //!   clients over 3 replicas, one replica's path to NATS silently cut for 60 s — seconds until
 //!   every one of its clients is live elsewhere, lost, dup; then a 4th replica added with
@@ -72,8 +76,8 @@ const SUBJECTS: usize = K_DEPLOYMENTS + 1;
 const DELIVERY_WAIT_SECS: u64 = 120;
 const OPEN_FILES_LIMIT: u64 = 20_000;
 /// The parts, in the order they run.
-const PARTS: [&str; 7] = [
-    "sweep", "traced", "storm", "churn", "shapes", "scale", "faults",
+const PARTS: [&str; 8] = [
+    "sweep", "traced", "storm", "churn", "shapes", "scale", "presence", "faults",
 ];
 /// The relay's fan-out modes (`RELAY_FANOUT`).
 const MODES: [&str; 2] = ["consumer", "shared"];
@@ -82,6 +86,8 @@ const PEERS: [&str; 1] = ["pushpin"];
 
 #[path = "parts/faults.rs"]
 mod faults;
+#[path = "parts/presence.rs"]
+mod presence;
 #[path = "peers/pushpin.rs"]
 mod pushpin;
 #[path = "sse_client.rs"]
@@ -1098,6 +1104,8 @@ struct Storm {
     created_server: usize,
     lost: u64,
     duplicated: u64,
+    /// The presence bucket's writes from the first connection to the end.
+    presence: presence::PresenceTraffic,
 }
 
 impl Storm {
@@ -1145,6 +1153,7 @@ async fn storm_run(
     spread: Duration,
 ) -> Storm {
     let nats = Nats::single().await;
+    let tap = presence::PresenceTap::start(&nats.url_list()).await;
     let mut relay = start_relay(&nats.url_list(), 1, mode, &[]).await;
     let advisories = nats.consumer_creations().await;
     // Where the clients find the relay (a restarted one listens on a new port).
@@ -1257,6 +1266,7 @@ async fn storm_run(
     drop(advisories);
     nats.stop().await;
     Storm {
+        presence: tap.finish(),
         kind,
         mode,
         clients,
@@ -1896,6 +1906,64 @@ async fn main() {
                 emit(model.check(&row, 3));
             }
             tally.add("scale", row.lost, row.duplicated);
+        }
+    }
+
+    if parts.contains(&"presence") && !modes.is_empty() {
+        let (c, rate) = if quick { (500, 200) } else { (10_000, 1000) };
+        emit(String::new());
+        emit(format!("Presence: per mode, {c} clients over the {SUBJECTS} subjects of one replica at {rate} events/s ({seconds} s), with RELAY_PRESENCE=false and with presence on (RELAY_PRESENCE_INTERVAL {:?}); then a reconnect storm of the same clients (all dropped at once, back jittered over 3 s) with presence on. A NATS subscriber on the bucket counts every presence write from the relay's start to the row's end (the ramp, in which every subject changes, included).\n", presence::INTERVAL));
+        emit(Row::header());
+        let mut traffic = Vec::new();
+        for &mode in &modes {
+            for on in [false, true] {
+                let mut nats = Nats::single().await;
+                let tap = presence::PresenceTap::start(&nats.url_list()).await;
+                let env: Vec<(&str, String)> = if on {
+                    Vec::new()
+                } else {
+                    vec![("RELAY_PRESENCE", "false".to_owned())]
+                };
+                let relay = start_relay(&nats.url_list(), 1, mode, &env).await;
+                let label = format!("{mode}, presence {}", if on { "on" } else { "off" });
+                let row = relay_run(
+                    &mut nats,
+                    std::slice::from_ref(&relay),
+                    label,
+                    c,
+                    rate,
+                    seconds,
+                    false,
+                )
+                .await;
+                let seen = tap.finish();
+                relay.kill().await;
+                nats.stop().await;
+                emit(row.line());
+                tally.add("presence", row.lost, row.duplicated);
+                traffic.push(seen.line(
+                    if on { "row, on" } else { "row, off" },
+                    mode,
+                    c,
+                    1,
+                    SUBJECTS,
+                ));
+            }
+            let storm = storm_run(
+                mode,
+                StormKind::ClientsDropped,
+                c,
+                rate,
+                Duration::from_secs(3),
+            )
+            .await;
+            tally.add("presence (storm)", storm.lost, storm.duplicated);
+            traffic.push(storm.presence.line("reconnect storm", mode, c, 1, SUBJECTS));
+        }
+        emit(String::new());
+        emit(presence::PresenceTraffic::header());
+        for line in traffic {
+            emit(line);
         }
     }
 
