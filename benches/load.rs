@@ -25,7 +25,8 @@
 //!   (`relay-nats-1` to `relay-nats-3`);
 //! - `presence`: what presence costs (`parts/presence.rs`): the 10,000-client, 1,000 events/s row
 //!   with `RELAY_PRESENCE=false` and with presence on, and the presence bucket's writes counted
-//!   by a NATS subscriber (messages/s, the most writes of one key in one interval); then a
+//!   by a NATS subscriber (messages/s, the most writes of one key against the intervals
+//!   elapsed); then a
 //!   reconnect storm of the same clients, counted the same way;
 //! - `faults`: a fleet that heals itself, on network namespaces of its own (`faults.rs`): 10,000
 //!   clients over 3 replicas, one replica's path to NATS silently cut for 60 s — seconds until
