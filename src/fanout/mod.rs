@@ -67,6 +67,7 @@ impl Delivery {
             payload: Bytes::from_static(b"{}"),
             published: time::OffsetDateTime::UNIX_EPOCH,
             headers: None,
+            received: None,
         })
     }
 }

@@ -141,9 +141,10 @@ impl OpenConnection {
         }
     }
 
-    /// One short span per delivered event, a child of the publisher's span (its trace context
-    /// travels in the message headers) and linked to this connection's span; a child of the
-    /// connection span when the publisher sent no context.
+    /// One short span per delivered event, a child of the relay's `receive` span of the message
+    /// (itself the publisher's child; a replayed message has none and the delivery is the
+    /// publisher's child directly, its context travelling in the message headers), linked to
+    /// this connection's span; a child of the connection span when the publisher sent no context.
     fn trace_delivery(&self, event: &RelayEvent, lag_seconds: f64) {
         let span = tracing::info_span!(
             parent: None,
@@ -158,7 +159,11 @@ impl OpenConnection {
             relay.delivery_lag_ms = lag_seconds * 1000.0,
         );
         let connection = self.span.context();
-        match propagation::extract_from_nats(event.headers.as_ref()) {
+        let parent = event
+            .received
+            .clone()
+            .or_else(|| propagation::extract_from_nats(event.headers.as_ref()));
+        match parent {
             Some(publisher) => {
                 let _ = span.set_parent(publisher);
                 span.add_link(connection.span().span_context().clone());

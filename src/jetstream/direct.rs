@@ -205,6 +205,8 @@ fn batch_event(message: Message, previous: u64) -> Result<RelayEvent, StoreError
         payload: message.payload,
         published,
         headers: stored_headers(&headers),
+        // A catch-up page: replayed, not received live.
+        received: None,
     })
 }
 

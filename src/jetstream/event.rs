@@ -19,6 +19,9 @@ pub struct RelayEvent {
     pub published: time::OffsetDateTime,
     /// All headers (the event type and the trace context travel here).
     pub headers: Option<HeaderMap>,
+    /// The relay's `receive` span of a live message (spans exported and the publisher traced):
+    /// what its deliveries are parented on.
+    pub received: Option<opentelemetry::Context>,
 }
 
 impl RelayEvent {
@@ -33,7 +36,24 @@ impl RelayEvent {
             payload: message.payload,
             published,
             headers: message.headers,
+            received: None,
         }
+    }
+
+    /// [`RelayEvent::from_message`] for a message a consumer delivered: with its `receive` span
+    /// when spans are exported.
+    pub(super) fn received(
+        seq: u64,
+        published: time::OffsetDateTime,
+        message: async_nats::Message,
+    ) -> Self {
+        let mut event = Self::from_message(seq, published, message);
+        event.received = crate::telemetry::propagation::receive_span(
+            &event.subject,
+            seq,
+            event.headers.as_ref(),
+        );
+        event
     }
 
     /// From the `Relay-Event-Type` header; `message` if absent or empty.

@@ -174,7 +174,7 @@ impl Stream for EventFeed {
             }
             this.floor = seq;
             let (message, _no_ack) = message.split();
-            return Poll::Ready(Some(Ok(RelayEvent::from_message(seq, published, message))));
+            return Poll::Ready(Some(Ok(RelayEvent::received(seq, published, message))));
         }
     }
 }

@@ -63,6 +63,34 @@ pub fn extract_from_nats(headers: Option<&async_nats::HeaderMap>) -> Option<Cont
     context.span().span_context().is_valid().then_some(context)
 }
 
+/// The relay taking a published message in from JetStream: a short `receive <subject>` span,
+/// a child of the publisher's span, whose context the deliveries of that message are parented
+/// on. One per message per live source: per replica in shared mode (the live tail), per client
+/// in consumer mode (each client's consumer). `None` when spans are not exported or the message
+/// carries no trace context.
+pub fn receive_span(
+    subject: &str,
+    seq: u64,
+    headers: Option<&async_nats::HeaderMap>,
+) -> Option<Context> {
+    if !super::exporting() {
+        return None;
+    }
+    let publisher = extract_from_nats(headers)?;
+    let span = tracing::info_span!(
+        parent: None,
+        "receive",
+        otel.name = %format_args!("receive {subject}"),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "receive",
+        messaging.destination.name = %subject,
+        relay.stream_sequence = seq,
+    );
+    let _ = span.set_parent(publisher);
+    Some(span.context())
+}
+
 /// The caller's context from an HTTP request's `traceparent`, if valid.
 pub fn extract_from_http(headers: &axum::http::HeaderMap) -> Option<Context> {
     let context = opentelemetry::global::get_text_map_propagator(|propagator| {

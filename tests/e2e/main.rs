@@ -18,6 +18,7 @@ mod drain;
 mod failover;
 mod faults;
 mod fuzz;
+mod jaeger;
 mod limits;
 mod metrics;
 mod nats_restart;

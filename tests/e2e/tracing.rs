@@ -68,6 +68,21 @@ async fn one_trace_from_publish_to_delivery() {
         Some(seq.to_string().as_str())
     );
 
+    // The relay takes the message in (its consumer's receive), then delivers it.
+    let receive = receiver
+        .wait_for("receive", |s| s.name == "receive deploy.d-trace")
+        .await;
+    assert_eq!(receive.service, "relay-under-test");
+    assert_eq!(receive.kind, CONSUMER);
+    assert_eq!(receive.trace_id, publish.trace_id, "one trace");
+    assert_eq!(
+        receive.parent_span_id, publish.span_id,
+        "child of the publisher's span"
+    );
+    assert_eq!(
+        receive.attr("relay.stream_sequence"),
+        Some(seq.to_string().as_str())
+    );
     let deliver = receiver
         .wait_for("deliver", |s| s.name == "deliver deploy.d-trace")
         .await;
@@ -75,8 +90,8 @@ async fn one_trace_from_publish_to_delivery() {
     assert_eq!(deliver.kind, CONSUMER);
     assert_eq!(deliver.trace_id, publish.trace_id, "one trace");
     assert_eq!(
-        deliver.parent_span_id, publish.span_id,
-        "child of the publisher's span"
+        deliver.parent_span_id, receive.span_id,
+        "child of the relay's receive span"
     );
     assert_eq!(
         deliver.attr("messaging.destination.name"),
