@@ -6,7 +6,9 @@ set -euo pipefail
 JAEGER_BIN=${JAEGER_BIN:?JAEGER_BIN is set by the Makefile}
 QUERY=http://localhost:16686
 log=$(mktemp -t sse-relay-jaeger.XXXXXX.log)
-"$JAEGER_BIN" >"$log" 2>&1 &
+# In a session of its own: Ctrl-C reaches the demo, which flushes its last spans to Jaeger,
+# and Jaeger is stopped after it.
+setsid "$JAEGER_BIN" >"$log" 2>&1 &
 jaeger=$!
 trap 'kill "$jaeger" 2>/dev/null; wait "$jaeger" 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 100); do

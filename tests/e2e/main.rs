@@ -21,6 +21,7 @@ mod fuzz;
 mod jaeger;
 mod limits;
 mod metrics;
+mod nats_cli;
 mod nats_restart;
 mod otlp;
 mod permissions;
