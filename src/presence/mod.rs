@@ -50,10 +50,9 @@ struct State {
     listeners: HashMap<Subject, Listener>,
 }
 
-/// The sum of one subject as its `?presence=1` streams were last sent it.
+/// One followed subject: the sum its `?presence=1` streams were last sent (held by the channel).
 struct Listener {
     sender: watch::Sender<Option<Arc<Sum>>>,
-    last: Option<Watching>,
     /// A stream started following since the last tick: it is sent the sum even if unchanged.
     fresh: bool,
 }
@@ -129,7 +128,6 @@ impl Presence {
                     .entry(subject.clone())
                     .or_insert_with(|| Listener {
                         sender: watch::channel(None).0,
-                        last: None,
                         fresh: true,
                     });
                 listener.fresh = true;
@@ -335,11 +333,15 @@ impl Presence {
                 state.listeners.remove(&subject);
                 continue;
             }
-            if !listener.fresh && listener.last.as_ref() == Some(&sum) {
+            let unchanged = listener
+                .sender
+                .borrow()
+                .as_ref()
+                .is_some_and(|sent| sent.watching == sum);
+            if unchanged && !listener.fresh {
                 continue;
             }
             listener.fresh = false;
-            listener.last = Some(sum.clone());
             let frame = sse::control_frame("relay.presence", &body(&subject, &sum).to_string());
             listener.sender.send_replace(Some(Arc::new(Sum {
                 watching: sum,

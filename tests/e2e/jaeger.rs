@@ -4,7 +4,6 @@
 //! worker's publish to every client's delivery.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,20 +12,6 @@ use tokio::time::Instant;
 use crate::support::*;
 
 const CLIENTS: usize = 3;
-
-/// `JAEGER_BIN`, else the project's `.tools/bin/jaeger`; a failure saying how to get it.
-fn jaeger_bin() -> PathBuf {
-    let path = std::env::var_os("JAEGER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/jaeger"));
-    assert!(
-        path.is_file(),
-        "no Jaeger at {}: `make test` builds it (`make jaeger-tools`: go build of tools/jaeger, \
-         Jaeger v1.75.0) or set JAEGER_BIN",
-        path.display()
-    );
-    path
-}
 
 /// A Jaeger all-in-one on free loopback ports, in-memory storage, OTLP only.
 struct Jaeger {
@@ -84,7 +69,7 @@ exporters:
         );
         let file = dir.path().join("jaeger.yaml");
         std::fs::write(&file, config).expect("jaeger.yaml");
-        let mut command = tokio::process::Command::new(jaeger_bin());
+        let mut command = tokio::process::Command::new(built_tool("JAEGER_BIN", "jaeger"));
         command.arg("--config").arg(&file);
         let mut proc = Proc::spawn(&mut command);
         // Ready once its query API answers (the receivers start before it).

@@ -2,7 +2,7 @@
 //! `nats` CLI (v0.5.0, pinned in `tools/natscli`, built by `make test` into `.tools/bin/nats`)
 //! against a real server and relay, in the order the docs give them: the docs cannot drift.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::support::*;
 
@@ -10,19 +10,6 @@ const MARKER: &str = "<!-- nats-cli:";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `NATS_CLI_BIN`, else `.tools/bin/nats`; a failure saying how to get it.
-fn nats_cli() -> PathBuf {
-    let path = std::env::var_os("NATS_CLI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".tools/bin/nats"));
-    assert!(
-        path.is_file(),
-        "no nats CLI at {}: `make test` builds it (`make go-tools`) or set NATS_CLI_BIN",
-        path.display()
-    );
-    path
 }
 
 /// The `nats` lines of the block after the marker, comments removed.
@@ -49,10 +36,11 @@ fn documented_commands() -> Vec<String> {
 }
 
 /// Runs `line` as the docs show it (a shell line; `nats` is the pinned CLI), from the
-/// repository's root with `NATS_URL` set; panics unless it succeeds; what it printed (the CLI
-/// writes some reports, such as a publish's acknowledgement, to stderr).
-async fn run(line: &str, nats_url: &str) -> String {
-    let cli = nats_cli();
+/// repository's root with `NATS_URL` set and `home` as `HOME` (the CLI's contexts live there);
+/// panics unless it succeeds; what it printed (the CLI writes some reports, such as a publish's
+/// acknowledgement, to stderr).
+async fn run(line: &str, nats_url: &str, home: &Path) -> String {
+    let cli = built_tool("NATS_CLI_BIN", "nats");
     let out = tokio::time::timeout(
         WAIT,
         tokio::process::Command::new("bash")
@@ -60,7 +48,7 @@ async fn run(line: &str, nats_url: &str) -> String {
             .arg(format!("nats() {{ \"$NATS_CLI\" \"$@\"; }}; {line}"))
             .env("NATS_CLI", &cli)
             .env("NATS_URL", nats_url)
-            .env("HOME", tempfile::tempdir().expect("home").keep())
+            .env("HOME", home)
             .current_dir(root())
             .output(),
     )
@@ -95,6 +83,11 @@ async fn every_documented_nats_command_runs_against_a_real_server() {
         ],
         "the commands this test knows what to expect of"
     );
+    let home = tempfile::tempdir().expect("home");
+    let run = |line: &str, nats_url: &str| {
+        let (line, nats_url, home) = (line.to_owned(), nats_url.to_owned(), home.path().to_owned());
+        async move { run(&line, &nats_url, &home).await }
+    };
     let nats = Nats::start().await;
     // The stream made by hand, as with RELAY_STREAM_MANAGE=false; then a relay and a browser.
     let created = run(&commands[0], &nats.url()).await;

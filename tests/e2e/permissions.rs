@@ -115,16 +115,7 @@ async fn the_documented_permissions_are_all_the_relay_and_a_publisher_need(mode)
     // Presence: a second replica counts the first one's streams (the bucket was created, both
     // write their keys and watch the others').
     let other = Relay::start_in(mode, &nats.url("relay", RELAY_PASSWORD), &presence).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = get_json(&other.url("/v1/pavilions/p-1/presence")).await;
-        assert_eq!(status, 200, "{body}");
-        if body["connections"] == 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "presence never summed: {body}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    presence_reaches(&other.url("/v1/pavilions/p-1/presence"), 2, WAIT).await;
     assert!(
         other.warnings().iter().all(|w| !w.contains("presence")),
         "{:?}",

@@ -1,7 +1,7 @@
 //! Presence (`docs/api.md` §12): who watches a subject, summed over every replica from what each
 //! writes to the presence bucket once an interval; never per connection in NATS.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -15,23 +15,23 @@ const INTERVAL: Duration = Duration::from_secs(1);
 const INTERVAL_ENV: (&str, &str) = ("RELAY_PRESENCE_INTERVAL", "1s");
 const BUCKET_SUBJECTS: &str = "$KV.DEPLOY_EVENTS_presence.>";
 
-/// The presence endpoint's answer once its connection count is `connections`, within `within`;
-/// panics with the last answer otherwise.
-async fn presence_reaches(relay: &Relay, path: &str, connections: u64, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, body) = get_json(&relay.url(path)).await;
-        assert_eq!(status, 200, "{body}");
-        if body["connections"] == json!(connections) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} on {} did not reach {connections} connections within {within:?}: {body}",
-            relay.addr
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The replicas that hold keys in the presence bucket now (deleted keys excluded).
+async fn replicas_in_bucket(nats: &Nats) -> BTreeSet<String> {
+    let js = nats.jetstream().await;
+    let bucket = js
+        .get_key_value("DEPLOY_EVENTS_presence")
+        .await
+        .expect("presence bucket");
+    let keys: Vec<String> = bucket
+        .keys()
+        .await
+        .expect("keys")
+        .map(|key| key.expect("key"))
+        .collect()
+        .await;
+    keys.iter()
+        .filter_map(|key| key.split_once('.').map(|(replica, _)| replica.to_owned()))
+        .collect()
 }
 
 /// The next `relay.presence` event's data; events with ids are returned in `events`.
@@ -66,32 +66,43 @@ async fn the_count_sums_every_replica_and_follows_leaving_and_dying_ones(mode) {
 
     // Both replicas answer the sum once each has heard the other (its first write, one tick).
     for relay in [&a, &b] {
-        let body = presence_reaches(relay, path, 6, INTERVAL * 3).await;
+        let body = presence_reaches(&relay.url(path), 6, INTERVAL * 3).await;
         assert_eq!(body["subject"], "deploy.d-watch");
         assert_eq!(body["users"], json!([]), "no users without JWT");
         let as_of = body["as_of"].as_str().expect("as_of");
         time::OffsetDateTime::parse(as_of, &time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|e| panic!("as_of {as_of:?} is not RFC 3339: {e}"));
     }
-    let body = presence_reaches(&a, "/v1/pavilions/p-watch/presence", 1, INTERVAL * 3).await;
+    let body = presence_reaches(&a.url("/v1/pavilions/p-watch/presence"), 1, INTERVAL * 3).await;
     assert_eq!(body["subject"], "pavilion.p-watch");
     // A replica started now reads what the others wrote before it came.
-    let c = Relay::start_in(mode, &nats.url(), &[INTERVAL_ENV]).await;
-    presence_reaches(&c, path, 6, INTERVAL * 2).await;
-    drop(c);
+    let before = replicas_in_bucket(&nats).await;
+    assert_eq!(before.len(), 2, "A and B write: {before:?}");
+    let mut c = Relay::start_in(mode, &nats.url(), &[INTERVAL_ENV, ("RELAY_DRAIN_TIMEOUT", "2s")]).await;
+    presence_reaches(&c.url(path), 6, INTERVAL * 2).await;
+    let on_c = SseClient::connect(&c.url(stream), None).await;
+    presence_reaches(&a.url(path), 7, INTERVAL * 3).await;
+    let with_c = replicas_in_bucket(&nats).await;
+    let c_id: Vec<_> = with_c.difference(&before).collect();
+    assert_eq!(c_id.len(), 1, "C's keys: {with_c:?}");
+    // C stops (SIGTERM): once it has exited, none of its keys is left in the bucket.
+    c.sigterm();
+    assert!(c.wait_exit().await.success());
+    assert_eq!(replicas_in_bucket(&nats).await, before, "C withdrew its keys");
+    drop(on_c);
     let (_, nobody) = get_json(&a.url("/v1/deployments/d-nobody/presence")).await;
     assert_eq!(nobody["connections"], 0);
 
     // Two of A's clients leave: both replicas count 4 within an interval (and the write's way).
     on_a.truncate(1);
-    presence_reaches(&b, path, 4, INTERVAL * 2).await;
-    presence_reaches(&a, path, 4, INTERVAL * 2).await;
+    presence_reaches(&b.url(path), 4, INTERVAL * 2).await;
+    presence_reaches(&a.url(path), 4, INTERVAL * 2).await;
 
     // B dies without a word: A stops counting its 3 streams within three intervals.
     b.sigkill();
-    let body = presence_reaches(&a, path, 1, INTERVAL * 3 + Duration::from_millis(500)).await;
+    let body = presence_reaches(&a.url(path), 1, INTERVAL * 3 + Duration::from_millis(500)).await;
     assert_eq!(body["users"], json!([]));
-    presence_reaches(&a, "/v1/pavilions/p-watch/presence", 0, INTERVAL * 3).await;
+    presence_reaches(&a.url("/v1/pavilions/p-watch/presence"), 0, INTERVAL * 3).await;
 
     // What NATS carried is counted: A wrote, and read B's writes and its own.
     a.wait_metric_at_least("relay_presence_messages_published_total", 2.0).await;
@@ -195,29 +206,14 @@ async fn under_jwt_the_user_list_is_exact_sorted_and_capped(mode) {
 
     let reader = token(Some("reader"), &["deploy.*"]);
     let ask = |relay: &Relay| format!("{}?access_token={reader}", relay.url(path));
-    let wait = |relay: &Relay, connections: u64| {
-        let url = ask(relay);
-        async move {
-            let deadline = Instant::now() + INTERVAL * 4;
-            loop {
-                let (status, body) = get_json(&url).await;
-                assert_eq!(status, 200, "{body}");
-                if body["connections"] == json!(connections) {
-                    return body;
-                }
-                assert!(Instant::now() < deadline, "not {connections}: {body}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
     for relay in [&a, &b] {
-        let body = wait(relay, 107).await;
+        let body = presence_reaches(&ask(relay), 107, INTERVAL * 4).await;
         assert_eq!(body["users"], json!(users[..100]), "the first 100, sorted, each once");
     }
     // u000 leaves from both replicas: the list moves up by one.
     streams.retain(|(user, _)| user != "u000");
     for relay in [&a, &b] {
-        let body = wait(relay, 105).await;
+        let body = presence_reaches(&ask(relay), 105, INTERVAL * 4).await;
         assert_eq!(body["users"], json!(users[1..101]));
     }
 
@@ -252,8 +248,8 @@ async fn a_storm_of_connects_and_disconnects_writes_at_most_once_an_interval(mod
         drop(open);
     }
     // Everyone left: both replicas come back to 0 (each deletes its key).
-    presence_reaches(&a, "/v1/deployments/d-storm/presence", 0, Duration::from_secs(6)).await;
-    presence_reaches(&b, "/v1/deployments/d-storm/presence", 0, Duration::from_secs(6)).await;
+    presence_reaches(&a.url("/v1/deployments/d-storm/presence"), 0, Duration::from_secs(6)).await;
+    presence_reaches(&b.url("/v1/deployments/d-storm/presence"), 0, Duration::from_secs(6)).await;
     let elapsed = started.elapsed();
 
     // Every write the bucket received, by key, with when it arrived.
@@ -358,4 +354,39 @@ async fn bad_ids_and_flags_are_400_before_nats() {
         (400, Some("invalid_query")),
         "{body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_replica_writes_only_its_keep_alive() {
+    let nats = Nats::start().await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut writes = client.subscribe(BUCKET_SUBJECTS).await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let relay = Relay::start(&nats.url(), &[("RELAY_PRESENCE_INTERVAL", "300ms")]).await;
+    let _watcher = SseClient::connect(&relay.url("/v1/deployments/d-quiet/events"), None).await;
+    // Up to the stream's key: keep-alives while nobody watched, then the subject once.
+    let mut keys = vec![next_key(&mut writes).await];
+    while !keys.last().is_some_and(|k| k.ends_with(".deploy.d-quiet")) {
+        keys.push(next_key(&mut writes).await);
+        assert!(keys.len() < 50, "the stream's key never written: {keys:?}");
+    }
+    // Nothing changes any more: each tick writes the keep-alive alone, never the unchanged key.
+    let replica = keys
+        .last()
+        .and_then(|k| k.split('.').nth(2))
+        .expect("replica")
+        .to_owned();
+    for _ in 0..4 {
+        let key = next_key(&mut writes).await;
+        assert_eq!(key, format!("$KV.DEPLOY_EVENTS_presence.{replica}.alive"));
+    }
+}
+
+/// The key of the next write the bucket receives.
+async fn next_key(writes: &mut async_nats::Subscriber) -> String {
+    let message = tokio::time::timeout(WAIT, writes.next())
+        .await
+        .expect("a presence write in time")
+        .expect("subscription open");
+    message.subject.to_string()
 }

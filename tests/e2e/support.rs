@@ -224,3 +224,45 @@ pub async fn followers(
     }
     tasks
 }
+
+/// The presence answer at `url` once its connection count is `connections`, within `within`;
+/// panics with the last answer otherwise. (Presence changes at interval ticks: there is no event
+/// to await, so the endpoint is asked every 50 ms.)
+pub async fn presence_reaches(
+    url: &str,
+    connections: u64,
+    within: std::time::Duration,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, body) = get_json(url).await;
+        assert_eq!(status, 200, "{body}");
+        if body["connections"] == serde_json::json!(connections) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} did not reach {connections} connections within {within:?}: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A program `make test` builds into `.tools/bin` (Go tools pinned in `tools/*/go.mod`): the path
+/// in the environment variable `var`, else `.tools/bin/<name>`. Missing: a failure saying how to
+/// get it, never a skip.
+pub fn built_tool(var: &str, name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os(var)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(".tools/bin")
+                .join(name)
+        });
+    assert!(
+        path.is_file(),
+        "no {name} at {}: `make test` builds it (`make go-tools`, from tools/*/go.mod) or set {var}",
+        path.display()
+    );
+    path
+}
