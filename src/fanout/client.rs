@@ -16,14 +16,13 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use metrics::counter;
 
+use super::catch_up::read_page;
 use super::handover::HandOver;
 use super::tail::{Inner, Queued, Registration, Resync};
 use super::Delivery;
-use crate::jetstream::{EventStore, FeedError, RelayEvent, StoreError};
+use crate::jetstream::FeedError;
 use crate::telemetry::metrics::{CATCH_UP_PAGES, HANDOVERS};
 
-/// Messages one direct get may return per subject.
-const CATCH_UP_PAGE: usize = 256;
 /// Failed catch-up reads in a row before the client is left to reconnect.
 const CATCH_UP_ATTEMPTS: u32 = 5;
 
@@ -167,45 +166,4 @@ impl Client {
         }
         true
     }
-}
-
-/// One step of a JetStream catch-up.
-struct Page {
-    /// The client's events in `(from, covered]`, ascending.
-    events: Vec<RelayEvent>,
-    /// Every event of the client's subjects up to here has been read.
-    covered: u64,
-    /// `covered` reached `until`.
-    done: bool,
-}
-
-/// Reads the next page of `(from, until]` for `subjects`: one batched direct get per subject,
-/// merged by sequence up to the point every subject has been read to.
-async fn read_page(
-    store: &EventStore,
-    subjects: &[String],
-    from: u64,
-    until: u64,
-) -> Result<Page, StoreError> {
-    let mut events = Vec::new();
-    // The lowest sequence some subject with more stored messages has been read to.
-    let mut horizon = until;
-    for subject in subjects {
-        let page = store
-            .direct_batch(subject, from.saturating_add(1), CATCH_UP_PAGE)
-            .await?;
-        if page.pending > 0 {
-            if let Some(last) = page.events.last() {
-                horizon = horizon.min(last.seq);
-            }
-        }
-        events.extend(page.events);
-    }
-    events.retain(|e| e.seq <= horizon);
-    events.sort_by_key(|e| e.seq);
-    Ok(Page {
-        events,
-        covered: horizon,
-        done: horizon >= until,
-    })
 }

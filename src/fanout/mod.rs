@@ -7,6 +7,7 @@
 //! Both give a client the same thing — a [`ClientFeed`] of [`Delivery`]s after its resume point,
 //! each once, ascending — so `http/` does not know which mode runs. Nothing here knows HTTP.
 
+mod catch_up;
 mod client;
 mod handover;
 mod ring;

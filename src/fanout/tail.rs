@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::SharedFeed;
 use super::ring::Ring;
 use super::Delivery;
-use crate::jetstream::{EventStore, StartPlan, StoreError, TimelineEvent, TimelinePage};
+use crate::jetstream::{EventStore, FeedError, StartPlan, StoreError, TimelineEvent, TimelinePage};
 use crate::subject::{ResumePoint, Subject, SubjectSet};
 use crate::telemetry::metrics::{CLIENTS_LAGGED, LIVE_SOURCES, RING_HITS, RING_MISSES};
 
@@ -203,6 +203,12 @@ struct Progress {
     behind: bool,
 }
 
+/// What a bridge read found.
+enum Bridged {
+    Following,
+    Recreated,
+}
+
 enum StreamCheck {
     Following,
     Recreated,
@@ -249,12 +255,12 @@ impl LiveTail {
         let mut on_started = Some(on_started);
         let mut delay = START_RETRY;
         let quiet_until = Instant::now() + QUIET_START;
-        loop {
+        'open: loop {
             let opened = async {
-                let after = inner.start_point().await?;
+                let (after, created) = inner.start_point().await?;
                 inner
                     .store
-                    .follow_stream(after, TAIL_PULL_BATCH, TAIL_PULL_EXPIRES)
+                    .follow_stream(after, created, TAIL_PULL_BATCH, TAIL_PULL_EXPIRES)
                     .await
             };
             tokio::pin!(opened);
@@ -267,10 +273,14 @@ impl LiveTail {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     opened = &mut opened => break opened,
-                    _ = bridge.tick() => {
-                        if let Err(err) = inner.bridge().await {
-                            tracing::debug!(error = %err, "live tail bridge read failed");
+                    _ = bridge.tick() => match inner.bridge().await {
+                        Ok(Bridged::Following) => {}
+                        Ok(Bridged::Recreated) => {
+                            tracing::warn!("the stream was recreated; the live tail starts over");
+                            inner.start_over();
+                            continue 'open;
                         }
+                        Err(err) => tracing::debug!(error = %err, "live tail bridge read failed"),
                     }
                 }
             };
@@ -329,6 +339,11 @@ impl LiveTail {
                     },
                     item = feed.next() => match item {
                         Some(Ok(event)) => inner.take_in(Arc::new(Delivery::new(event))),
+                        Some(Err(FeedError::StreamRecreated)) => {
+                            tracing::warn!("the stream was recreated; the live tail starts over");
+                            inner.start_over();
+                            break;
+                        }
                         Some(Err(err)) => {
                             tracing::warn!(error = %err, "live tail lost the stream; re-opening");
                             break;
@@ -376,7 +391,8 @@ impl LiveTail {
             subjects,
         };
         // Read after the registration: every event above it reaches the client's queue.
-        let plan = StartPlan::new(resume, &inner.store.stream_state_since(registered).await?);
+        let stream = inner.store.stream_state_since(registered).await?;
+        let plan = StartPlan::new(resume, &stream.state);
         let feed = SharedFeed::new(inner.clone(), registration, plan.after);
         Ok((plan, feed))
     }
@@ -443,13 +459,14 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Where the firehose (re)starts: after the last event taken in; the first time, far enough
-    /// back to fill the ring with the stream's most recent events.
-    async fn start_point(&self) -> Result<u64, StoreError> {
+    /// Where the firehose (re)starts — after the last event taken in; the first time, far
+    /// enough back to fill the ring with the stream's most recent events — and when the stream
+    /// it follows was created.
+    async fn start_point(&self) -> Result<(u64, time::OffsetDateTime), StoreError> {
         {
             let state = self.lock();
-            if state.ring.is_some() {
-                return Ok(state.last_seq);
+            if let (Some(_), Some(created)) = (&state.ring, state.stream_created) {
+                return Ok((state.last_seq, created));
             }
         }
         let info = self.store.stream_info().await?;
@@ -469,7 +486,7 @@ impl Inner {
             state.last_seq = after;
             state.stream_created = Some(info.created);
         }
-        Ok(state.last_seq)
+        Ok((state.last_seq, state.stream_created.unwrap_or(info.created)))
     }
 
     /// Compares the stream, as one request read it, with what the tail has taken in (a failed
@@ -537,26 +554,33 @@ impl Inner {
     /// Takes in what the stream holds after the last event taken in, read with batched direct
     /// gets (whole stream, in sequence order). A replica's store is a prefix of the stream, so
     /// a replica that lags a few writes behind returns fewer events, never a gap. Nothing
-    /// before the tail knows where it starts.
-    async fn bridge(&self) -> Result<(), StoreError> {
+    /// before the tail knows where it starts. A page is taken in only once the stream, read
+    /// after it, is found to be the one the tail follows (same creation time).
+    async fn bridge(&self) -> Result<Bridged, StoreError> {
         loop {
-            let after = {
+            let (after, created) = {
                 let state = self.lock();
-                if state.ring.is_none() {
-                    return Ok(());
+                match (&state.ring, state.stream_created) {
+                    (Some(_), Some(created)) => (state.last_seq, created),
+                    _ => return Ok(Bridged::Following),
                 }
-                state.last_seq
             };
             let page = self
                 .store
                 .direct_batch(">", after.saturating_add(1), BRIDGE_BATCH)
                 .await?;
-            let more = page.pending > 0 && !page.events.is_empty();
+            if page.events.is_empty() {
+                return Ok(Bridged::Following);
+            }
+            if self.store.stream_info().await?.created != created {
+                return Ok(Bridged::Recreated);
+            }
+            let more = page.pending > 0;
             for event in page.events {
                 self.take_in(Arc::new(Delivery::new(event)));
             }
             if !more {
-                return Ok(());
+                return Ok(Bridged::Following);
             }
         }
     }

@@ -40,7 +40,7 @@ pub(super) const CLIENT_PULL_EXPIRES: Duration = Duration::from_secs(10);
 
 /// How long a failed consumer is re-created before the feed gives up (a client is then left to
 /// reconnect, to this or another replica, with its Last-Event-ID).
-const REOPEN_FOR: Duration = Duration::from_secs(30);
+pub(super) const REOPEN_FOR: Duration = Duration::from_secs(30);
 
 /// Consumer creations one replica has in flight at most.
 const CREATIONS_IN_FLIGHT: usize = 64;
@@ -187,10 +187,15 @@ impl ConsumerLease {
         }
     }
 
-    /// Notes which recreation of the consumer delivered (its name is in the message's info).
-    pub(super) fn seen(&mut self, consumer: &str) {
-        if let Some(serial) = self.serial_of(consumer) {
-            self.serial = serial;
+    /// Notes which recreation of the consumer delivered (its name is in the message's info);
+    /// `true` when it is a later one than the last seen (the client library re-created it).
+    pub(super) fn seen(&mut self, consumer: &str) -> bool {
+        match self.serial_of(consumer) {
+            Some(serial) if serial > self.serial => {
+                self.serial = serial;
+                true
+            }
+            _ => false,
         }
     }
 

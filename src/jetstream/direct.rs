@@ -109,6 +109,46 @@ impl EventStore {
         })?
     }
 
+    /// The first stored message on `subject` with sequence >= `start_seq`, as the stream's
+    /// leader has it (`STREAM.MSG.GET`, not a direct get): what a direct get answered by a
+    /// replica that lags behind cannot tell. `None` when there is none. Bounded by
+    /// [`API_TIMEOUT`].
+    pub async fn leader_next(
+        &self,
+        subject: &str,
+        start_seq: u64,
+    ) -> Result<Option<RelayEvent>, StoreError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind as RawMessageErrorKind;
+        let got = tokio::time::timeout(API_TIMEOUT, async {
+            let stream = self
+                .js
+                .get_stream_no_info(&*self.stream_name)
+                .await
+                .map_err(StoreError::unavailable)?;
+            match stream
+                .get_first_raw_message_by_subject(subject, start_seq)
+                .await
+            {
+                Ok(message) => Ok(Some(message)),
+                Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(err) => Err(StoreError::unavailable(err)),
+            }
+        })
+        .await
+        .map_err(|_| {
+            StoreError::unavailable(format!("message get timed out after {API_TIMEOUT:?}"))
+        })??;
+        Ok(got.map(|message| RelayEvent {
+            seq: message.sequence,
+            subject: message.subject,
+            payload: message.payload,
+            published: message.time,
+            headers: (!message.headers.is_empty()).then_some(message.headers),
+            // Replayed, not received live.
+            received: None,
+        }))
+    }
+
     /// Subscribes to a fresh inbox and sends `request` to the stream's direct get endpoint with
     /// that inbox as reply subject. The subscription is registered before the request is sent
     /// (both travel in order on the one connection); dropping it unsubscribes.

@@ -9,17 +9,24 @@
 //! - after a NATS restart its pull fails with "consumer not found" instead of recovering, and a
 //!   failed server takes its consumers along without the client noticing for a while: the feed
 //!   re-creates its consumer after the last sequence it yielded on every store reset
-//!   (reconnection, leader election, stream peer offline) and on every error.
+//!   (reconnection, leader election, stream peer offline) and on every error;
+//! - a consumer re-created (by the library or here) after the stream was deleted and created
+//!   again would go on from the old last sequence in the new stream, whose sequences mean other
+//!   events: the first message of every re-created consumer is held until the stream's creation
+//!   time is read and found unchanged; a changed one ends the feed ([`FeedError::StreamRecreated`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_nats::jetstream::consumer::pull::Ordered;
+use async_nats::jetstream::Message;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use futures::{Stream, StreamExt};
 
-use super::consumer::{ConsumerLease, ConsumerSpec, CLIENT_PULL_BATCH, CLIENT_PULL_EXPIRES};
+use super::consumer::{
+    ConsumerLease, ConsumerSpec, CLIENT_PULL_BATCH, CLIENT_PULL_EXPIRES, REOPEN_FOR,
+};
 use super::{EventStore, Opening, RelayEvent, StartPlan, StoreError};
 use crate::subject::{ResumePoint, SubjectSet};
 
@@ -43,6 +50,9 @@ pub enum FeedError {
     /// A delivered message had no JetStream metadata.
     #[error("message without JetStream metadata: {0}")]
     Metadata(#[source] async_nats::Error),
+    /// The stream was deleted and created again under the feed: its sequences started over.
+    #[error("the stream was deleted and created again")]
+    StreamRecreated,
 }
 
 impl EventStore {
@@ -52,14 +62,15 @@ impl EventStore {
         subjects: &SubjectSet,
         resume: Option<ResumePoint>,
     ) -> Result<Subscription, StoreError> {
-        let state = self.stream_state_since(tokio::time::Instant::now()).await?;
-        let plan = StartPlan::new(resume, &state);
+        let stream = self.stream_state_since(tokio::time::Instant::now()).await?;
+        let plan = StartPlan::new(resume, &stream.state);
         let spec = ConsumerSpec {
             filters: subjects.nats_subjects(),
             batch: CLIENT_PULL_BATCH,
             expires: CLIENT_PULL_EXPIRES,
         };
-        let feed = self.follow(spec, plan.after).await?;
+        // The stream was read just before the consumer is created: its first one is trusted.
+        let feed = self.follow(spec, plan.after, stream.created, false).await?;
         Ok(Subscription {
             opening: plan.opening,
             feed,
@@ -67,11 +78,14 @@ impl EventStore {
         })
     }
 
-    /// Follows the whole stream after `after`, pulling up to `batch` messages at a time, each
-    /// pull waiting at most `expires`.
+    /// Follows the whole stream created at `created` after `after`, pulling up to `batch`
+    /// messages at a time, each pull waiting at most `expires`. Even its first consumer's first
+    /// message waits for the stream's creation time to be checked: the follower may have read
+    /// `created` long before.
     pub async fn follow_stream(
         &self,
         after: u64,
+        created: time::OffsetDateTime,
         batch: i64,
         expires: std::time::Duration,
     ) -> Result<EventFeed, StoreError> {
@@ -80,19 +94,50 @@ impl EventStore {
             batch,
             expires,
         };
-        self.follow(spec, after).await
+        self.follow(spec, after, created, true).await
     }
 
-    async fn follow(&self, spec: ConsumerSpec, after: u64) -> Result<EventFeed, StoreError> {
+    async fn follow(
+        &self,
+        spec: ConsumerSpec,
+        after: u64,
+        created: time::OffsetDateTime,
+        check_first: bool,
+    ) -> Result<EventFeed, StoreError> {
         let (messages, lease) = self.open_consumer(&spec, after).await?;
         Ok(EventFeed {
             state: FeedState::Streaming(Box::new(messages)),
             lease,
             floor: after,
+            created,
+            unchecked: check_first,
             reconnected: self.next_reset(),
             store: self.clone(),
             spec,
         })
+    }
+
+    /// Whether the stream is still the one created at `created`, as read by a request sent
+    /// after `since` (shared with clients' starts); retried while it cannot be read.
+    async fn confirm_stream(
+        self,
+        created: time::OffsetDateTime,
+        since: tokio::time::Instant,
+    ) -> Result<(), FeedError> {
+        let deadline = tokio::time::Instant::now() + REOPEN_FOR;
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            match self.stream_state_since(since).await {
+                Ok(stream) if stream.created == created => return Ok(()),
+                Ok(_) => return Err(FeedError::StreamRecreated),
+                Err(err) if tokio::time::Instant::now() >= deadline => {
+                    return Err(FeedError::Reopen(err))
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(2));
+        }
     }
 }
 
@@ -103,6 +148,10 @@ pub struct EventFeed {
     lease: ConsumerLease,
     /// The highest sequence the feed's reader has (its start or the last yielded).
     floor: u64,
+    /// When the stream the feed follows was created.
+    created: time::OffsetDateTime,
+    /// The current consumer has not delivered since it was (re-)created.
+    unchecked: bool,
     /// Resolves at the next consumer reset (reconnection, leader election, peer lost).
     reconnected: BoxFuture<'static, ()>,
     store: EventStore,
@@ -113,6 +162,12 @@ type Reopening = BoxFuture<'static, Result<(Ordered, ConsumerLease), StoreError>
 
 enum FeedState {
     Streaming(Box<Ordered>),
+    /// A re-created consumer's first event, held until the stream is known to be the same one.
+    Checking {
+        messages: Box<Ordered>,
+        held: Box<RelayEvent>,
+        check: BoxFuture<'static, Result<(), FeedError>>,
+    },
     /// A new consumer is being opened after `floor`.
     Reopening(Reopening),
     Failed,
@@ -125,56 +180,103 @@ impl Stream for EventFeed {
         let this = &mut *self;
         if this.reconnected.poll_unpin(cx).is_ready() {
             this.reconnected = this.store.next_reset();
-            if matches!(this.state, FeedState::Streaming(_)) {
+            if matches!(
+                this.state,
+                FeedState::Streaming(_) | FeedState::Checking { .. }
+            ) {
                 tracing::debug!(
                     floor = this.floor,
                     "NATS reconnected or stream leader changed; re-creating consumer"
                 );
+                // A held event is above `floor`: the new consumer delivers it again.
                 this.reopen();
             }
         }
         loop {
-            let messages = match &mut this.state {
-                FeedState::Streaming(messages) => messages,
-                FeedState::Reopening(opening) => match opening.poll_unpin(cx) {
-                    Poll::Pending => return Poll::Pending,
+            match std::mem::replace(&mut this.state, FeedState::Failed) {
+                FeedState::Failed => return Poll::Ready(None),
+                FeedState::Reopening(mut opening) => match opening.poll_unpin(cx) {
+                    Poll::Pending => {
+                        this.state = FeedState::Reopening(opening);
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Ok((messages, lease))) => {
                         tracing::info!(floor = this.floor, "consumer re-created");
                         this.state = FeedState::Streaming(Box::new(messages));
                         this.lease = lease;
-                        continue;
+                        this.unchecked = true;
+                    }
+                    Poll::Ready(Err(err)) => return Poll::Ready(Some(Err(FeedError::Reopen(err)))),
+                },
+                FeedState::Checking {
+                    messages,
+                    held,
+                    mut check,
+                } => match check.poll_unpin(cx) {
+                    Poll::Pending => {
+                        this.state = FeedState::Checking {
+                            messages,
+                            held,
+                            check,
+                        };
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(())) => {
+                        this.state = FeedState::Streaming(messages);
+                        this.floor = held.seq;
+                        return Poll::Ready(Some(Ok(*held)));
                     }
                     Poll::Ready(Err(err)) => {
-                        this.state = FeedState::Failed;
-                        return Poll::Ready(Some(Err(FeedError::Reopen(err))));
+                        if matches!(err, FeedError::StreamRecreated) {
+                            tracing::warn!(
+                                floor = this.floor,
+                                "the stream was deleted and created again; ending the feed"
+                            );
+                        }
+                        return Poll::Ready(Some(Err(err)));
                     }
                 },
-                FeedState::Failed => return Poll::Ready(None),
-            };
-            let message = match messages.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Ready(Some(Err(err))) => {
-                    tracing::warn!(error = %err, floor = this.floor, "consumer failed; re-creating it");
-                    this.reopen();
-                    continue;
+                FeedState::Streaming(mut messages) => {
+                    let message = match messages.poll_next_unpin(cx) {
+                        Poll::Pending => {
+                            this.state = FeedState::Streaming(messages);
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(None) => return Poll::Ready(None),
+                        Poll::Ready(Some(Err(err))) => {
+                            tracing::warn!(error = %err, floor = this.floor, "consumer failed; re-creating it");
+                            this.reopen();
+                            continue;
+                        }
+                        Poll::Ready(Some(Ok(message))) => message,
+                    };
+                    match this.take(message) {
+                        Err(err) => {
+                            this.state = FeedState::Streaming(messages);
+                            return Poll::Ready(Some(Err(err)));
+                        }
+                        // A recreated consumer replaying from the start: the reader has these.
+                        Ok(None) => this.state = FeedState::Streaming(messages),
+                        Ok(Some(event)) if this.unchecked => {
+                            this.unchecked = false;
+                            let check = this
+                                .store
+                                .clone()
+                                .confirm_stream(this.created, tokio::time::Instant::now());
+                            this.state = FeedState::Checking {
+                                messages,
+                                held: Box::new(event),
+                                check: Box::pin(check),
+                            };
+                        }
+                        Ok(Some(event)) => {
+                            this.state = FeedState::Streaming(messages);
+                            this.floor = event.seq;
+                            return Poll::Ready(Some(Ok(event)));
+                        }
+                    }
                 }
-                Poll::Ready(Some(Ok(message))) => message,
-            };
-            let info = match message.info() {
-                Ok(info) => info,
-                Err(err) => return Poll::Ready(Some(Err(FeedError::Metadata(err)))),
-            };
-            let seq = info.stream_sequence;
-            let published = info.published;
-            this.lease.seen(info.consumer);
-            if seq <= this.floor {
-                // A recreated consumer replaying from the start: the reader has these.
-                continue;
             }
-            this.floor = seq;
-            let (message, _no_ack) = message.split();
-            return Poll::Ready(Some(Ok(RelayEvent::received(seq, published, message))));
         }
     }
 }
@@ -183,6 +285,22 @@ impl EventFeed {
     /// The highest sequence yielded (or the start).
     pub fn floor(&self) -> u64 {
         self.floor
+    }
+
+    /// The event a message carries, `None` if the reader already has it. Notes which
+    /// re-creation of the consumer delivered it: a new one's first event must be checked.
+    fn take(&mut self, message: Message) -> Result<Option<RelayEvent>, FeedError> {
+        let info = message.info().map_err(FeedError::Metadata)?;
+        let seq = info.stream_sequence;
+        let published = info.published;
+        if self.lease.seen(info.consumer) {
+            self.unchecked = true;
+        }
+        if seq <= self.floor {
+            return Ok(None);
+        }
+        let (message, _no_ack) = message.split();
+        Ok(Some(RelayEvent::received(seq, published, message)))
     }
 
     /// Replaces the consumer with a new one starting after `floor`. Dropping the old consumer

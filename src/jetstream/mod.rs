@@ -84,10 +84,19 @@ pub struct EventStore {
     /// unbounded requests all wait in the server's API queue, all time out and are all retried;
     /// bounded, they are served in turn, each timed from when it is sent.
     consumer_requests: consumer::RequestSlots,
-    /// The last stream state read for a client's start, and when its request was sent: clients
-    /// that arrived before then share it, so a reconnect storm costs a few requests, not one
-    /// each.
-    last_state: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, jetstream::stream::State)>>>,
+    /// The last stream state read for a client's start or a feed's check, and when its request
+    /// was sent: clients that arrived before then share it, so a reconnect storm costs a few
+    /// requests, not one each.
+    last_state: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, StreamSnapshot)>>>,
+}
+
+/// The stream as one `STREAM.INFO` request read it.
+#[derive(Debug, Clone)]
+pub struct StreamSnapshot {
+    pub state: jetstream::stream::State,
+    /// When the stream was created: another value means it was deleted and created again, and
+    /// its sequences started over — a cursor of the old stream means nothing in the new one.
+    pub created: time::OffsetDateTime,
 }
 
 impl EventStore {
@@ -215,17 +224,21 @@ impl EventStore {
     pub async fn stream_state_since(
         &self,
         since: tokio::time::Instant,
-    ) -> Result<jetstream::stream::State, StoreError> {
+    ) -> Result<StreamSnapshot, StoreError> {
         let mut last = self.last_state.lock().await;
-        if let Some((sent, state)) = &*last {
+        if let Some((sent, snapshot)) = &*last {
             if *sent >= since {
-                return Ok(state.clone());
+                return Ok(snapshot.clone());
             }
         }
         let sent = tokio::time::Instant::now();
-        let state = self.stream_state().await?;
-        *last = Some((sent, state.clone()));
-        Ok(state)
+        let info = self.stream_info().await?;
+        let snapshot = StreamSnapshot {
+            state: info.state,
+            created: info.created,
+        };
+        *last = Some((sent, snapshot.clone()));
+        Ok(snapshot)
     }
 
     /// The stream's state and cluster placement (one API request).

@@ -3,7 +3,11 @@
 //! that fall behind the tail, and a live source that loses its NATS connection — each counting
 //! every event.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use crate::support::*;
 
@@ -270,6 +274,156 @@ async fn a_recreated_stream_restarts_the_live_tail_and_resets_clients() {
     assert_eq!(ids(&again.events(2).await), new);
     let live = publisher.publish(&subject, r#"{"new":2}"#, None).await;
     assert_eq!(ids(&again.events(1).await), vec![live]);
+}
+
+/// A direct get may be answered by a copy of the stream that lags behind it. Here the copy is a
+/// mirror serving the stream's direct gets (`mirror_direct`), fed through a forwarder in this
+/// test that is stopped once the mirror has caught up: from then on about half the catch-up
+/// reads are answered by a copy that stops 30 events short, with "nothing more"
+/// (`Nats-Num-Pending: 0`). Such a page must not be taken as covering the client's subject up to
+/// the ring: every client still gets every event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_answered_by_a_lagging_copy_loses_nothing() {
+    use async_nats::jetstream::stream::{Config, External, Source};
+    const CLIENTS: usize = 10;
+    let nats = Nats::start().await;
+    let relay = Relay::start_in(Fanout::Shared, &nats.url(), &[("RELAY_RING_EVENTS", "16")]).await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let mut mine = Vec::new();
+    for i in 0..30 {
+        publisher.deploy("d-other", "{}").await;
+        mine.push(publisher.deploy("d-lagged", &numbered(i)).await);
+    }
+    // The mirror reaches the stream's API only through this forwarder.
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut requests = client.subscribe("$JS.lag.API.>").await.expect("subscribe");
+    let forwarding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // The mirror's consumers on the stream (direct consumers, which the stream does not list).
+    let created = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let forwarder = tokio::spawn({
+        let (client, forwarding, created) = (client.clone(), forwarding.clone(), created.clone());
+        async move {
+            while let Some(request) = requests.next().await {
+                let (Some(reply), true) = (request.reply, forwarding.load(Ordering::SeqCst)) else {
+                    continue;
+                };
+                let subject = request.subject.replacen("$JS.lag.API", "$JS.API", 1);
+                if let Ok(answer) = client.request(subject, request.payload).await {
+                    let info: serde_json::Value =
+                        serde_json::from_slice(&answer.payload).unwrap_or_default();
+                    if let Some(name) = info["name"].as_str() {
+                        created.lock().expect("names").push(name.to_owned());
+                    }
+                    client.publish(reply, answer.payload).await.ok();
+                }
+            }
+        }
+    });
+    let js = nats.jetstream().await;
+    let mut copy = js
+        .create_stream(Config {
+            name: "LAGGING_COPY".into(),
+            mirror: Some(Source {
+                name: STREAM.into(),
+                external: Some(External {
+                    api_prefix: "$JS.lag.API".into(),
+                    delivery_prefix: None,
+                }),
+                ..Default::default()
+            }),
+            mirror_direct: true,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .expect("the mirror");
+    let caught_up = *mine.last().expect("published");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while copy.info().await.expect("mirror info").state.last_sequence < caught_up {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mirror never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Cut it off: no more API requests, and its consumer on the stream deleted.
+    forwarding.store(false, Ordering::SeqCst);
+    let names = created.lock().expect("names").clone();
+    assert!(!names.is_empty(), "the mirror's consumer was seen");
+    let stream = js.get_stream(STREAM).await.expect("stream");
+    for name in &names {
+        // Gone already if the mirror replaced it.
+        stream.delete_consumer(name).await.ok();
+    }
+    for i in 30..60 {
+        publisher.deploy("d-other", "{}").await;
+        mine.push(publisher.deploy("d-lagged", &numbered(i)).await);
+    }
+    assert_eq!(
+        copy.info().await.expect("mirror info").state.last_sequence,
+        caught_up,
+        "the mirror lags"
+    );
+    let url = relay.url("/v1/deployments/d-lagged/events");
+    let joins = (0..CLIENTS).map(|c| {
+        let url = url.clone();
+        let resume = mine[c];
+        async move {
+            let mut client = SseClient::connect(&url, Some(&resume.to_string())).await;
+            (client.events(60 - c - 1).await, c)
+        }
+    });
+    for (events, c) in futures::future::join_all(joins).await {
+        assert_eq!(
+            ids(&events),
+            mine[c + 1..].to_vec(),
+            "client resumed after {}",
+            mine[c]
+        );
+    }
+    forwarder.abort();
+}
+
+both_modes! {
+/// The stream is deleted, created again and refilled past the old last sequence faster than the
+/// relay's once-a-second stream check: the new stream's sequences mean other events, so an open
+/// stream must end without a single one of them under the old cursor (a consumer re-created after
+/// its last sequence would otherwise go on from there in the new stream).
+async fn a_stream_recreated_and_refilled_at_once_feeds_no_open_stream(mode) {
+    let nats = Nats::start().await;
+    let relay = Relay::start_in(mode, &nats.url(), &[]).await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let subject = deployment("d-refill");
+    let mut old = Vec::new();
+    for i in 0..5 {
+        old.push(publisher.publish(&subject, &numbered(i), None).await);
+    }
+    let url = relay.url("/v1/deployments/d-refill/events");
+    let mut client = SseClient::connect(&url, None).await;
+    assert_eq!(ids(&client.events(5).await), old);
+
+    let js = nats.jetstream().await;
+    let config = js
+        .get_stream(STREAM)
+        .await
+        .expect("stream")
+        .cached_info()
+        .config
+        .clone();
+    js.delete_stream(STREAM).await.expect("delete stream");
+    js.create_stream(config).await.expect("create the stream again");
+    let mut new = Vec::new();
+    for i in 0..10 {
+        new.push(publisher.publish(&subject, &numbered(100 + i), None).await);
+    }
+    assert_eq!(new, (1..=10).collect::<Vec<u64>>(), "the new stream starts over");
+    // The open stream ends; nothing of the new stream arrives on it.
+    while let Some(item) = client.next_item().await {
+        if let SseItem::Event(event) = item {
+            panic!("an event of the new stream under the old cursor: {event:?}");
+        }
+    }
+}
 }
 
 both_modes! {
