@@ -7,7 +7,32 @@
 //! sequences it has not reached: such a read is taken as covering its subject only up to the
 //! next event the stream's leader has on it (or up to `until` when the leader has none there).
 
+use futures::future::BoxFuture;
+
 use crate::jetstream::{EventStore, RelayEvent, StoreError};
+
+/// Where a client's catch-up older than the ring is read: JetStream (an in-memory stream in the
+/// feed's tests).
+pub(super) trait ReadPages: Send + Sync {
+    /// The next page of `(from, until]` for `subjects`.
+    fn read_page<'a>(
+        &'a self,
+        subjects: &'a [String],
+        from: u64,
+        until: u64,
+    ) -> BoxFuture<'a, Result<Page, StoreError>>;
+}
+
+impl ReadPages for EventStore {
+    fn read_page<'a>(
+        &'a self,
+        subjects: &'a [String],
+        from: u64,
+        until: u64,
+    ) -> BoxFuture<'a, Result<Page, StoreError>> {
+        Box::pin(read_page(self, subjects, from, until))
+    }
+}
 
 /// Messages one direct get may return per subject.
 const CATCH_UP_PAGE: usize = 256;
@@ -32,7 +57,7 @@ struct SubjectRead {
 }
 
 /// Reads the next page of `(from, until]` for `subjects`.
-pub(super) async fn read_page(
+async fn read_page(
     store: &EventStore,
     subjects: &[String],
     from: u64,

@@ -16,9 +16,9 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use metrics::counter;
 
-use super::catch_up::read_page;
+use super::catch_up::ReadPages;
 use super::handover::HandOver;
-use super::tail::{Inner, Queued, Registration, Resync};
+use super::registry::{Queued, Registration, Registry, Resync};
 use super::Delivery;
 use crate::jetstream::FeedError;
 use crate::telemetry::metrics::{CATCH_UP_PAGES, HANDOVERS};
@@ -32,9 +32,15 @@ pub struct SharedFeed {
 }
 
 impl SharedFeed {
-    pub(super) fn new(tail: Arc<Inner>, registration: Registration, after: u64) -> Self {
+    pub(super) fn new(
+        registry: Arc<Registry>,
+        pages: Arc<dyn ReadPages>,
+        registration: Registration,
+        after: u64,
+    ) -> Self {
         let client = Client {
-            tail,
+            registry,
+            pages,
             registration,
             handover: HandOver::new(after),
             out: VecDeque::new(),
@@ -56,7 +62,9 @@ impl Stream for SharedFeed {
 }
 
 struct Client {
-    tail: Arc<Inner>,
+    registry: Arc<Registry>,
+    /// Where catch-ups older than the ring are read.
+    pages: Arc<dyn ReadPages>,
     registration: Registration,
     handover: HandOver,
     /// Events ready to go out, ascending.
@@ -90,12 +98,9 @@ impl Client {
             if let Some(catch_up) = &mut self.catch_up {
                 let subjects = &self.registration.subjects;
                 // Boxed: an idle client's future then holds a pointer, not the read's state.
-                let page = Box::pin(read_page(
-                    self.tail.store(),
-                    subjects,
-                    catch_up.from,
-                    catch_up.until,
-                ));
+                let page = self
+                    .pages
+                    .read_page(subjects, catch_up.from, catch_up.until);
                 match page.await {
                     Ok(page) => {
                         counter!(CATCH_UP_PAGES).increment(1);
@@ -142,7 +147,7 @@ impl Client {
     fn resync(&mut self) -> bool {
         self.needs_resync = false;
         self.handover.restart();
-        let resync = self.tail.resync(
+        let resync = self.registry.resync(
             &self.registration.slot,
             self.handover.sent(),
             &self.registration.subjects,
@@ -165,5 +170,194 @@ impl Client {
             Resync::Closed => return false,
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hand-over through the real parts: a [`Registry`] with its ring and bounded queues,
+    //! the [`SharedFeed`] a client reads, and catch-ups older than the ring read from an
+    //! in-memory stream; the tail's steps and the client's polls interleaved at random.
+
+    use std::task::{Context, Poll};
+
+    use futures::future::BoxFuture;
+    use futures::task::noop_waker;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fanout::catch_up::Page;
+    use crate::fanout::TailSettings;
+    use crate::jetstream::{RelayEvent, StoreError};
+
+    const MINE: &str = "deploy.mine";
+    const OTHER: &str = "deploy.other";
+
+    fn event(seq: u64, subject: &str) -> RelayEvent {
+        RelayEvent {
+            seq,
+            subject: subject.into(),
+            payload: bytes::Bytes::from_static(b"{}"),
+            published: time::OffsetDateTime::UNIX_EPOCH,
+            headers: None,
+            received: None,
+        }
+    }
+
+    /// The whole stream, read `page` events at a time (what JetStream's direct gets give).
+    struct Stream {
+        events: Vec<RelayEvent>,
+        page: usize,
+    }
+
+    impl ReadPages for Stream {
+        fn read_page<'a>(
+            &'a self,
+            subjects: &'a [String],
+            from: u64,
+            until: u64,
+        ) -> BoxFuture<'a, Result<Page, StoreError>> {
+            let mut events: Vec<RelayEvent> = self
+                .events
+                .iter()
+                .filter(|e| e.seq > from && e.seq <= until)
+                .filter(|e| subjects.iter().any(|s| s == e.subject.as_str()))
+                .take(self.page)
+                .cloned()
+                .collect();
+            let covered = if events.len() == self.page {
+                events.last().map_or(until, |e| e.seq)
+            } else {
+                until
+            };
+            events.retain(|e| e.seq <= covered);
+            Box::pin(async move {
+                Ok(Page {
+                    events,
+                    covered,
+                    done: covered >= until,
+                })
+            })
+        }
+    }
+
+    /// One client and the stream around it.
+    #[derive(Debug, Clone)]
+    struct Scenario {
+        /// The stream: whether each event (sequence = index + 1) is the client's subject's.
+        mine: Vec<bool>,
+        cursor: u64,
+        /// The tail has taken in this many events when the client registers.
+        taken_at_start: usize,
+        ring: usize,
+        backlog: usize,
+        page: usize,
+        /// true: the tail takes in the next event; false: the client is polled once.
+        schedule: Vec<bool>,
+    }
+
+    fn scenario() -> impl Strategy<Value = Scenario> {
+        (
+            proptest::collection::vec(any::<bool>(), 0..80),
+            0u64..90,
+            any::<prop::sample::Index>(),
+            1usize..20,
+            1usize..8,
+            1usize..5,
+            proptest::collection::vec(any::<bool>(), 0..300),
+        )
+            .prop_map(
+                |(mine, cursor, at, ring, backlog, page, schedule)| Scenario {
+                    taken_at_start: at.index(mine.len() + 1),
+                    mine,
+                    cursor,
+                    ring,
+                    backlog,
+                    page,
+                    schedule,
+                },
+            )
+    }
+
+    /// What the client's feed yields, driven as the scenario says; `None` if it stopped
+    /// yielding before it had every event.
+    fn run(s: &Scenario) -> Option<Vec<u64>> {
+        let stream: Vec<RelayEvent> = s
+            .mine
+            .iter()
+            .enumerate()
+            .map(|(i, &mine)| event(i as u64 + 1, if mine { MINE } else { OTHER }))
+            .collect();
+        let want = s.mine.iter().filter(|&&m| m).count();
+        let registry = Arc::new(Registry::new(TailSettings {
+            ring_events: s.ring,
+            ring_bytes: usize::MAX,
+            client_backlog: s.backlog,
+        }));
+        registry.start_at(0, time::OffsetDateTime::UNIX_EPOCH);
+        let take_in = |i: usize| registry.take_in(Arc::new(Delivery::new(stream[i].clone())));
+        (0..s.taken_at_start).for_each(take_in);
+        let registration = registry.register(vec![MINE.to_owned()]).ok()?;
+        let pages = Arc::new(Stream {
+            events: stream.clone(),
+            page: s.page,
+        });
+        let mut feed = SharedFeed::new(registry.clone(), pages, registration, s.cursor);
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut taken = s.taken_at_start;
+        let mut out = Vec::new();
+        let mut steps = s.schedule.iter().copied().chain(std::iter::repeat(false));
+        let mut idle_polls = 0;
+        while idle_polls < 3 {
+            if steps.next().unwrap_or(false) && taken < stream.len() {
+                take_in(taken);
+                taken += 1;
+                continue;
+            }
+            match feed.poll_next_unpin(&mut cx) {
+                Poll::Ready(Some(Ok(delivery))) => {
+                    idle_polls = 0;
+                    out.push(delivery.event.seq);
+                }
+                Poll::Ready(_) => return None,
+                // Nothing for the client now: the tail moves on.
+                Poll::Pending if taken < stream.len() => {
+                    take_in(taken);
+                    taken += 1;
+                }
+                Poll::Pending => idle_polls += 1,
+            }
+            if out.len() > want {
+                break;
+            }
+        }
+        drop(feed);
+        assert_eq!(registry.clients(), 0, "the registration left with the feed");
+        Some(out)
+    }
+
+    proptest! {
+        // No regression files: a test never writes into the source tree.
+        #![proptest_config(ProptestConfig {
+            cases: 2000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+        /// Whatever the interleaving of the tail and the client, the ring's size, the client's
+        /// backlog (overflows send it back to its cursor) and where its cursor is (in the ring
+        /// or before it), the feed yields every event of its subject after the cursor once,
+        /// ascending.
+        #[test]
+        fn every_event_after_the_cursor_exactly_once_ascending(s in scenario()) {
+            let want: Vec<u64> = s
+                .mine
+                .iter()
+                .enumerate()
+                .filter(|(i, &mine)| mine && *i as u64 + 1 > s.cursor)
+                .map(|(i, _)| i as u64 + 1)
+                .collect();
+            prop_assert_eq!(run(&s), Some(want));
+        }
     }
 }

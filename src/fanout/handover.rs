@@ -36,11 +36,6 @@ impl HandOver {
         self.sent
     }
 
-    #[cfg(test)]
-    pub fn is_live(&self) -> bool {
-        self.live
-    }
-
     /// Back to catching up (the client was re-registered).
     pub fn restart(&mut self) {
         self.live = false;
@@ -90,8 +85,6 @@ impl Sequenced for u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-    use std::collections::VecDeque;
 
     #[test]
     fn catch_up_then_live_without_repeats() {
@@ -106,115 +99,5 @@ mod tests {
         h.restart();
         h.covered(6);
         assert_eq!(h.sent(), 7, "covered never moves the cursor back");
-    }
-
-    /// One client and the stream around it: the stream's events (ascending, with holes for
-    /// other subjects), the client's cursor, how much the ring keeps, how big the live queue is,
-    /// and a schedule interleaving the tail taking in events with the client reading.
-    #[derive(Debug, Clone)]
-    struct Scenario {
-        events: Vec<u64>,
-        cursor: u64,
-        /// The tail has taken in this many events when the client registers.
-        taken_at_start: usize,
-        ring: usize,
-        backlog: usize,
-        /// true: the tail takes in the next event; false: the client takes one step.
-        schedule: Vec<bool>,
-    }
-
-    fn scenario() -> impl Strategy<Value = Scenario> {
-        (
-            proptest::collection::btree_set(1u64..300, 0..60),
-            0u64..320,
-            any::<prop::sample::Index>(),
-            1usize..20,
-            1usize..8,
-            proptest::collection::vec(any::<bool>(), 0..300),
-        )
-            .prop_map(|(events, cursor, at, ring, backlog, schedule)| Scenario {
-                taken_at_start: at.index(events.len() + 1),
-                events: events.into_iter().collect(),
-                cursor,
-                ring,
-                backlog,
-                schedule,
-            })
-    }
-
-    /// The shared feed's protocol, with the stream in memory: a ring of the last `ring` events
-    /// taken in, a bounded queue that is emptied when it overflows, re-registration (queue
-    /// emptied, catch-up from the ring, or from "JetStream" up to the ring's horizon when the
-    /// ring does not reach back far enough).
-    fn run(s: &Scenario) -> Vec<u64> {
-        let mut taken = s.taken_at_start;
-        let mut queue: VecDeque<u64> = VecDeque::new();
-        let mut lagged = false;
-        let mut h = HandOver::new(s.cursor);
-        let mut registered = false;
-        let mut out = Vec::new();
-        let ring_start = |taken: usize| taken.saturating_sub(s.ring);
-        let mut steps = s.schedule.iter().copied().chain(std::iter::repeat(false));
-        loop {
-            let idle = registered && !lagged && h.is_live() && queue.is_empty();
-            let tail_step = (steps.next().unwrap_or(false) || idle) && taken < s.events.len();
-            if tail_step {
-                let e = s.events[taken];
-                taken += 1;
-                if registered && !lagged {
-                    if queue.len() >= s.backlog {
-                        queue.clear();
-                        lagged = true;
-                    } else {
-                        queue.push_back(e);
-                    }
-                }
-                continue;
-            }
-            if !registered || lagged || !h.is_live() {
-                // (Re-)register under the tail's lock.
-                registered = true;
-                lagged = false;
-                queue.clear();
-                h.restart();
-                let complete_from = ring_start(taken);
-                let horizon = complete_from.checked_sub(1).map_or(0, |i| s.events[i]);
-                let ring = &s.events[complete_from..taken];
-                if complete_from == 0 || h.sent() >= horizon {
-                    out.extend(ring.iter().filter_map(|&e| h.catch_up(e)));
-                    h.caught_up();
-                } else {
-                    // From JetStream up to the ring's horizon, then register again.
-                    let from = h.sent();
-                    let read: Vec<u64> = s.events[..complete_from]
-                        .iter()
-                        .copied()
-                        .filter(|&e| e > from)
-                        .collect();
-                    out.extend(read.into_iter().filter_map(|e| h.catch_up(e)));
-                    h.covered(horizon);
-                }
-                continue;
-            }
-            match queue.pop_front() {
-                Some(e) => out.extend(h.live(e)),
-                None if taken == s.events.len() => return out,
-                None => {}
-            }
-        }
-    }
-
-    proptest! {
-        // No regression files: a test never writes into the source tree.
-        #![proptest_config(ProptestConfig {
-            cases: 3000,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
-        #[test]
-        fn every_event_after_the_cursor_exactly_once_ascending(s in scenario()) {
-            let want: Vec<u64> = s.events.iter().copied().filter(|&e| e > s.cursor).collect();
-            prop_assert_eq!(run(&s), want);
-        }
     }
 }

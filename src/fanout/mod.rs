@@ -10,6 +10,7 @@
 mod catch_up;
 mod client;
 mod handover;
+mod registry;
 mod ring;
 mod tail;
 

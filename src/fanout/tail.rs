@@ -6,13 +6,8 @@
 //! NATS reconnects, stream leader changes and node loss re-create the one consumer after the
 //! last sequence taken in (see [`crate::jetstream::EventFeed`]); clients notice nothing.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
-
-use futures::task::AtomicWaker;
 
 use async_nats::jetstream::stream;
 use futures::future::{Fuse, FusedFuture};
@@ -21,12 +16,13 @@ use metrics::{counter, gauge};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::catch_up::ReadPages;
 use super::client::SharedFeed;
-use super::ring::Ring;
+use super::registry::Registry;
 use super::Delivery;
 use crate::jetstream::{EventStore, FeedError, StartPlan, StoreError, TimelineEvent, TimelinePage};
 use crate::subject::{ResumePoint, Subject, SubjectSet};
-use crate::telemetry::metrics::{CLIENTS_LAGGED, LIVE_SOURCES, RING_HITS, RING_MISSES};
+use crate::telemetry::metrics::{LIVE_SOURCES, RING_HITS, RING_MISSES};
 
 /// Sizes of the shared mode (`RELAY_RING_EVENTS`, `RELAY_RING_BYTES`, `RELAY_CLIENT_BACKLOG`).
 #[derive(Debug, Clone, Copy)]
@@ -69,129 +65,11 @@ pub struct LiveTail {
     inner: Arc<Inner>,
 }
 
-pub(super) struct Inner {
+struct Inner {
     store: EventStore,
-    settings: TailSettings,
-    state: Mutex<TailState>,
-    next_slot: AtomicU64,
-}
-
-struct TailState {
-    /// `None` until the tail knows where it starts.
-    ring: Option<Ring>,
-    /// The highest sequence the tail has taken in: every later event will be offered to every
-    /// client registered now.
-    last_seq: u64,
-    /// Local clients by NATS subject.
-    clients: HashMap<String, Vec<Arc<Slot>>>,
-    /// When the followed stream was created: a different value means it was deleted and
-    /// created again, and its sequences started over.
-    stream_created: Option<time::OffsetDateTime>,
-}
-
-/// One client's place in the registry: its queue of live events, which the tail fills and the
-/// client's feed empties.
-pub(super) struct Slot {
-    id: u64,
-    queue: Mutex<SlotQueue>,
-    capacity: usize,
-    waker: AtomicWaker,
-}
-
-#[derive(Default)]
-struct SlotQueue {
-    events: VecDeque<Arc<Delivery>>,
-    /// The queue overflowed and was emptied: the client must catch up from its cursor.
-    lagged: bool,
-    /// The stream was recreated: the client's cursor means nothing any more.
-    closed: bool,
-}
-
-/// What a client finds in its queue.
-pub(super) enum Queued {
-    Event(Arc<Delivery>),
-    /// It fell a whole backlog behind; its queue was emptied.
-    Lagged,
-    /// The stream was recreated; the client must reconnect (and is told `relay.reset`).
-    Closed,
-}
-
-impl Slot {
-    fn queue(&self) -> MutexGuard<'_, SlotQueue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues a live event; a full queue is emptied at once (the relay's memory does not wait
-    /// for a stalled socket) and the client marked lagging.
-    fn offer(&self, delivery: &Arc<Delivery>) {
-        {
-            let mut queue = self.queue();
-            if queue.lagged {
-                return;
-            }
-            if queue.events.len() >= self.capacity {
-                queue.events = VecDeque::new();
-                queue.lagged = true;
-                counter!(CLIENTS_LAGGED).increment(1);
-            } else {
-                queue.events.push_back(delivery.clone());
-            }
-        }
-        self.waker.wake();
-    }
-
-    /// The next queued event, or word that the client lagged; pending while the queue is empty.
-    pub(super) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Queued> {
-        self.waker.register(cx.waker());
-        let mut queue = self.queue();
-        if queue.closed {
-            return Poll::Ready(Queued::Closed);
-        }
-        if queue.lagged {
-            return Poll::Ready(Queued::Lagged);
-        }
-        match queue.events.pop_front() {
-            Some(delivery) => Poll::Ready(Queued::Event(delivery)),
-            None => Poll::Pending,
-        }
-    }
-
-    /// Empties the queue and clears the lag (under the tail's lock: nothing arrives meanwhile).
-    fn reset(&self) {
-        let mut queue = self.queue();
-        queue.events = VecDeque::new();
-        queue.lagged = false;
-    }
-
-    fn close(&self) {
-        {
-            let mut queue = self.queue();
-            queue.events = VecDeque::new();
-            queue.closed = true;
-        }
-        self.waker.wake();
-    }
-}
-
-/// Removes a client from the registry when dropped.
-pub(super) struct Registration {
-    tail: Arc<Inner>,
-    pub(super) slot: Arc<Slot>,
-    pub(super) subjects: Vec<String>,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut state = self.tail.lock();
-        for subject in &self.subjects {
-            if let Some(slots) = state.clients.get_mut(subject) {
-                slots.retain(|s| s.id != self.slot.id);
-                if slots.is_empty() {
-                    state.clients.remove(subject);
-                }
-            }
-        }
-    }
+    registry: Arc<Registry>,
+    /// The store, as its clients' catch-ups read it.
+    pages: Arc<dyn ReadPages>,
 }
 
 /// What the tail saw at its last stream check.
@@ -215,30 +93,13 @@ enum StreamCheck {
     Stalled,
 }
 
-/// Where a (re-)registered client stands.
-pub(super) enum Resync {
-    /// The ring covers its cursor: these are its events up to the tail position.
-    Ring(Vec<Arc<Delivery>>),
-    /// The ring does not reach back to its cursor: it must read up to the ring's `horizon` (the
-    /// sequence before the oldest event the ring holds completely) from JetStream.
-    Miss { horizon: u64 },
-    /// The stream was recreated: the client must reconnect.
-    Closed,
-}
-
 impl LiveTail {
     pub fn new(store: EventStore, settings: TailSettings) -> Self {
         Self {
             inner: Arc::new(Inner {
+                pages: Arc::new(store.clone()),
                 store,
-                settings,
-                state: Mutex::new(TailState {
-                    ring: None,
-                    last_seq: 0,
-                    clients: HashMap::new(),
-                    stream_created: None,
-                }),
-                next_slot: AtomicU64::new(1),
+                registry: Arc::new(Registry::new(settings)),
             }),
         }
     }
@@ -277,7 +138,7 @@ impl LiveTail {
                         Ok(Bridged::Following) => {}
                         Ok(Bridged::Recreated) => {
                             tracing::warn!("the stream was recreated; the live tail starts over");
-                            inner.start_over();
+                            inner.registry.start_over();
                             continue 'open;
                         }
                         Err(err) => tracing::debug!(error = %err, "live tail bridge read failed"),
@@ -326,7 +187,7 @@ impl LiveTail {
                         StreamCheck::Following => {}
                         StreamCheck::Recreated => {
                             tracing::warn!("the stream was recreated; the live tail starts over");
-                            inner.start_over();
+                            inner.registry.start_over();
                             break;
                         }
                         StreamCheck::Stalled => {
@@ -338,10 +199,10 @@ impl LiveTail {
                         }
                     },
                     item = feed.next() => match item {
-                        Some(Ok(event)) => inner.take_in(Arc::new(Delivery::new(event))),
+                        Some(Ok(event)) => inner.registry.take_in(Arc::new(Delivery::new(event))),
                         Some(Err(FeedError::StreamRecreated)) => {
                             tracing::warn!("the stream was recreated; the live tail starts over");
-                            inner.start_over();
+                            inner.registry.start_over();
                             break;
                         }
                         Some(Err(err)) => {
@@ -364,36 +225,17 @@ impl LiveTail {
         resume: Option<ResumePoint>,
     ) -> Result<(StartPlan, SharedFeed), StoreError> {
         let inner = &self.inner;
-        let subjects = subjects.nats_subjects();
-        let slot = Arc::new(Slot {
-            id: inner.next_slot.fetch_add(1, Ordering::Relaxed),
-            queue: Mutex::default(),
-            capacity: inner.settings.client_backlog.max(1),
-            waker: AtomicWaker::new(),
-        });
-        {
-            let mut state = inner.lock();
-            if state.ring.is_none() {
-                return Err(StoreError::unavailable("the live tail has not started"));
-            }
-            for subject in &subjects {
-                state
-                    .clients
-                    .entry(subject.clone())
-                    .or_default()
-                    .push(slot.clone());
-            }
-        }
+        let registration = inner.registry.register(subjects.nats_subjects())?;
         let registered = Instant::now();
-        let registration = Registration {
-            tail: inner.clone(),
-            slot,
-            subjects,
-        };
         // Read after the registration: every event above it reaches the client's queue.
         let stream = inner.store.stream_state_since(registered).await?;
         let plan = StartPlan::new(resume, &stream.state);
-        let feed = SharedFeed::new(inner.clone(), registration, plan.after);
+        let feed = SharedFeed::new(
+            inner.registry.clone(),
+            inner.pages.clone(),
+            registration,
+            plan.after,
+        );
         Ok((plan, feed))
     }
 
@@ -406,21 +248,10 @@ impl LiveTail {
         limit: usize,
     ) -> Result<TimelinePage, StoreError> {
         let nats_subject = subject.nats_subject();
-        let from_ring = {
-            let state = self.inner.lock();
-            state.ring.as_ref().and_then(|ring| {
-                let all: Vec<&Arc<Delivery>> = ring
-                    .after(after, std::slice::from_ref(&nats_subject))?
-                    .collect();
-                let last = all.last().map(|d| d.event.seq);
-                let page: Vec<TimelineEvent> = all
-                    .into_iter()
-                    .take(limit)
-                    .map(|d| TimelineEvent::from_event(d.event.clone()))
-                    .collect();
-                Some((page, last))
-            })
-        };
+        let from_ring = self
+            .inner
+            .registry
+            .timeline_page(&nats_subject, after, limit);
         let store = &self.inner.store;
         let (events, last_seq) = match from_ring {
             Some((events, Some(last))) => {
@@ -453,40 +284,25 @@ impl LiveTail {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, TailState> {
-        // A panic while holding the lock leaves consistent data (every update is one push or
-        // one assignment), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Where the firehose (re)starts — after the last event taken in; the first time, far
     /// enough back to fill the ring with the stream's most recent events — and when the stream
     /// it follows was created.
     async fn start_point(&self) -> Result<(u64, time::OffsetDateTime), StoreError> {
-        {
-            let state = self.lock();
-            if let (Some(_), Some(created)) = (&state.ring, state.stream_created) {
-                return Ok((state.last_seq, created));
-            }
+        if let Some(position) = self.registry.position() {
+            return Ok(position);
         }
         let info = self.store.stream_info().await?;
         let stream = info.state;
         let after = stream.first_sequence.saturating_sub(1).max(
             stream
                 .last_sequence
-                .saturating_sub(self.settings.ring_events as u64),
+                .saturating_sub(self.settings().ring_events as u64),
         );
-        let mut state = self.lock();
-        if state.ring.is_none() {
-            state.ring = Some(Ring::new(
-                self.settings.ring_events,
-                self.settings.ring_bytes,
-                after,
-            ));
-            state.last_seq = after;
-            state.stream_created = Some(info.created);
-        }
-        Ok((state.last_seq, state.stream_created.unwrap_or(info.created)))
+        Ok(self.registry.start_at(after, info.created))
+    }
+
+    fn settings(&self) -> TailSettings {
+        self.registry.settings()
     }
 
     /// Compares the stream, as one request read it, with what the tail has taken in (a failed
@@ -501,10 +317,7 @@ impl Inner {
         let Ok(info) = info else {
             return StreamCheck::Following;
         };
-        let (created, taken) = {
-            let state = self.lock();
-            (state.stream_created, state.last_seq)
-        };
+        let (taken, created) = self.registry.progress();
         if created.is_some_and(|created| created != info.created) {
             return StreamCheck::Recreated;
         }
@@ -518,39 +331,6 @@ impl Inner {
         }
     }
 
-    /// Forgets the old stream: the ring, the position, and every client (whose streams end, so
-    /// they reconnect with their Last-Event-ID and are told `relay.reset`).
-    fn start_over(&self) {
-        let mut state = self.lock();
-        state.ring = None;
-        state.last_seq = 0;
-        state.stream_created = None;
-        for (_, slots) in state.clients.drain() {
-            for slot in slots {
-                slot.close();
-            }
-        }
-    }
-
-    /// One event from the firehose: into the ring, then to the queue of every local client of
-    /// its subject, under the lock a (re-)registering client takes to note the tail position.
-    fn take_in(&self, delivery: Arc<Delivery>) {
-        let mut state = self.lock();
-        if delivery.event.seq <= state.last_seq {
-            // Already taken in by a bridge read (or a re-created consumer replaying).
-            return;
-        }
-        state.last_seq = delivery.event.seq;
-        if let Some(ring) = &mut state.ring {
-            ring.push(delivery.clone());
-        }
-        if let Some(slots) = state.clients.get(delivery.event.subject.as_str()) {
-            for slot in slots {
-                slot.offer(&delivery);
-            }
-        }
-    }
-
     /// Takes in what the stream holds after the last event taken in, read with batched direct
     /// gets (whole stream, in sequence order). A replica's store is a prefix of the stream, so
     /// a replica that lags a few writes behind returns fewer events, never a gap. Nothing
@@ -558,12 +338,8 @@ impl Inner {
     /// after it, is found to be the one the tail follows (same creation time).
     async fn bridge(&self) -> Result<Bridged, StoreError> {
         loop {
-            let (after, created) = {
-                let state = self.lock();
-                match (&state.ring, state.stream_created) {
-                    (Some(_), Some(created)) => (state.last_seq, created),
-                    _ => return Ok(Bridged::Following),
-                }
+            let Some((after, created)) = self.registry.position() else {
+                return Ok(Bridged::Following);
             };
             let page = self
                 .store
@@ -577,42 +353,11 @@ impl Inner {
             }
             let more = page.pending > 0;
             for event in page.events {
-                self.take_in(Arc::new(Delivery::new(event)));
+                self.registry.take_in(Arc::new(Delivery::new(event)));
             }
             if !more {
                 return Ok(Bridged::Following);
             }
         }
-    }
-
-    /// Re-registers a client at the tail's current position: its queue is emptied (everything
-    /// in it is at or below that position) and its catch-up after `after` planned.
-    pub(super) fn resync(&self, slot: &Slot, after: u64, subjects: &[String]) -> Resync {
-        let state = self.lock();
-        if slot.queue().closed {
-            return Resync::Closed;
-        }
-        slot.reset();
-        let from_ring = state
-            .ring
-            .as_ref()
-            .and_then(|ring| ring.after(after, subjects))
-            .map(|events| events.cloned().collect());
-        match from_ring {
-            Some(events) => {
-                counter!(RING_HITS).increment(1);
-                Resync::Ring(events)
-            }
-            None => {
-                counter!(RING_MISSES).increment(1);
-                Resync::Miss {
-                    horizon: state.ring.as_ref().map_or(state.last_seq, Ring::horizon),
-                }
-            }
-        }
-    }
-
-    pub(super) fn store(&self) -> &EventStore {
-        &self.store
     }
 }
