@@ -19,9 +19,16 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use super::sse_client::Dialer;
-use super::{check, new_received, publish_load, sse_read, subject_name, testkit, K_DEPLOYMENTS};
+use sse_relay_testkit as testkit;
 use testkit::Relay;
+
+use super::processes::{relay_metric, start_relay_on};
+use super::report::{Report, Settings};
+use super::sse_client::Dialer;
+use super::traffic::{
+    check, new_received, publish_load, sse_open, sse_read, subject_name, wait_delivered,
+    DELIVERY_WAIT_SECS, K_DEPLOYMENTS,
+};
 
 /// How long the path is cut.
 const CUT_FOR: Duration = Duration::from_secs(60);
@@ -30,6 +37,20 @@ const AGE: &str = "60s";
 const ONE_AGE: Duration = Duration::from_secs(66);
 /// A client's replica before its first connection.
 const NOWHERE: usize = usize::MAX;
+
+/// The part: one row per mode.
+pub async fn run(settings: &Settings, report: &mut Report) {
+    let faults_clients = if settings.quick { 300 } else { 10_000 };
+    let faults_rate = 100;
+    report.emit(String::new());
+    report.emit(format!("Faults: per mode, {faults_clients} clients over 3 relay replicas, each replica and one nats-server in a network namespace of its own (clients behind a balancer that health-checks /readyz every 100 ms; a client told relay.drain waits 1-3 s as a browser does); {faults_rate} events/s. The path between replica 1 and NATS drops every packet for 60 s (defaults: RELAY_SHED_UNREACHABLE_AFTER 15s); then, healed, a 4th replica is added and every replica renews its streams at RELAY_MAX_CONNECTION_AGE=60s.\n"));
+    report.emit(Faults::header());
+    for &mode in &settings.modes {
+        let row = faults_run(mode, faults_clients, faults_rate).await;
+        report.emit(row.line());
+        report.tally.add("faults", row.lost, row.duplicated);
+    }
+}
 
 /// One mode's figures.
 pub struct Faults {
@@ -127,13 +148,13 @@ fn health_checks(
 
 async fn start_relay(host: &testkit::Host, nats_url: &str, mode: &str) -> Relay {
     let env = [("RELAY_MAX_CONNECTION_AGE", AGE.to_owned())];
-    super::start_relay_on(Some(host), nats_url, 1, mode, &env).await
+    start_relay_on(Some(host), nats_url, 1, mode, &env).await
 }
 
 async fn open_connections(relay: &Relay) -> usize {
     let mut open = 0.0;
     for kind in ["deployment", "pavilion", "multi"] {
-        open += super::relay_metric(relay, &format!("relay_connections{{kind=\"{kind}\"}}")).await;
+        open += relay_metric(relay, &format!("relay_connections{{kind=\"{kind}\"}}")).await;
     }
     open as usize
 }
@@ -208,8 +229,7 @@ pub async fn faults_run(mode: &'static str, clients: usize, rate: u32) -> Faults
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
-                let Some(stream) =
-                    super::sse_open(&dialer, &format!("{base}{path}"), &rec, &done).await
+                let Some(stream) = sse_open(&dialer, &format!("{base}{path}"), &rec, &done).await
                 else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -285,10 +305,10 @@ pub async fn faults_run(mode: &'static str, clients: usize, rate: u32) -> Faults
 
     let expected = publisher.await.expect("publisher");
     let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
-    super::wait_delivered(
+    wait_delivered(
         received.iter(),
         total,
-        Duration::from_secs(super::DELIVERY_WAIT_SECS),
+        Duration::from_secs(DELIVERY_WAIT_SECS),
     )
     .await;
     done.cancel();

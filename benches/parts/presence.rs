@@ -13,8 +13,73 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use super::report::{Report, Settings};
+use super::rows::{fresh_row_watched, Load, Row};
+use super::storm::{storm_run, StormKind};
+use super::traffic::SUBJECTS;
+
 /// The relay's default `RELAY_PRESENCE_INTERVAL`, which the rows run with.
 pub const INTERVAL: Duration = Duration::from_secs(5);
+
+/// The part: per mode, the row with presence off and on, then the reconnect storm; the writes
+/// each saw.
+pub async fn run(settings: &Settings, report: &mut Report) {
+    let seconds = settings.seconds;
+    let (c, rate) = if settings.quick {
+        (500, 200)
+    } else {
+        (10_000, 1000)
+    };
+    report.emit(String::new());
+    report.emit(format!("Presence: per mode, {c} clients over the {SUBJECTS} subjects of one replica at {rate} events/s ({seconds} s), with RELAY_PRESENCE=false and with presence on (RELAY_PRESENCE_INTERVAL {INTERVAL:?}); then a reconnect storm of the same clients (all dropped at once, back jittered over 3 s) with presence on. A NATS subscriber on the bucket counts every presence write from the relay's start to the row's end (the ramp, in which every subject changes, included).\n"));
+    report.emit(Row::header());
+    let mut traffic = Vec::new();
+    for &mode in &settings.modes {
+        for on in [false, true] {
+            let env: Vec<(&str, String)> = if on {
+                Vec::new()
+            } else {
+                vec![("RELAY_PRESENCE", "false".to_owned())]
+            };
+            let label = format!("{mode}, presence {}", if on { "on" } else { "off" });
+            let (row, seen) = fresh_row_watched(
+                mode,
+                label,
+                &env,
+                Load::default_subjects(c, rate, seconds),
+                async |nats_url: &str| PresenceTap::start(nats_url).await,
+                PresenceTap::finish,
+            )
+            .await;
+            report.emit(row.line());
+            report.tally.add("presence", row.lost, row.duplicated);
+            traffic.push(seen.line(
+                if on { "row, on" } else { "row, off" },
+                mode,
+                c,
+                1,
+                SUBJECTS,
+            ));
+        }
+        let storm = storm_run(
+            mode,
+            StormKind::ClientsDropped,
+            c,
+            rate,
+            Duration::from_secs(3),
+        )
+        .await;
+        report
+            .tally
+            .add("presence (storm)", storm.lost, storm.duplicated);
+        traffic.push(storm.presence.line("reconnect storm", mode, c, 1, SUBJECTS));
+    }
+    report.emit(String::new());
+    report.emit(PresenceTraffic::header());
+    for line in traffic {
+        report.emit(line);
+    }
+}
 
 /// Every write to the presence bucket while it runs: the key and when it arrived.
 pub struct PresenceTap {

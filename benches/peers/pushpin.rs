@@ -49,7 +49,11 @@ use futures::{FutureExt, StreamExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::{cpu_seconds_of, free_port, relay_run, rss_mib_of, Nats, Proc, Row, Server};
+use sse_relay_testkit::process::{cpu_seconds_of, free_port, rss_mib_of};
+use sse_relay_testkit::Proc;
+
+use super::processes::{Nats, Server};
+use super::rows::{relay_run, Row};
 
 /// The runner and the services it starts.
 const BINARIES: [&str; 5] = [
