@@ -7,8 +7,10 @@
 //! them):
 //!
 //! - `sweep`: for every (C clients, R events/s) one row per relay fan-out mode and, beside them in
-//!   the same run, the same load delivered by plain NATS core subscriptions (`ceiling`); then a
-//!   relay ÷ ceiling table with one row per mode and (C, R);
+//!   the same run, the least program that does the same job (`floor`, below) and the same load
+//!   delivered by plain NATS core subscriptions (`ceiling`); then a relay ÷ ceiling table and a
+//!   relay ÷ floor table (CPU per delivery, p99, KiB per idle connection) with one row per mode
+//!   and (C, R);
 //! - `traced`: the cost of tracing every delivery (OTLP to a local sink that discards it);
 //! - `storm`: a reconnect storm — every client reconnecting with its `Last-Event-ID`, jittered
 //!   over 3 s, once after all clients dropped their connections at once (the relay stays) and once
@@ -37,6 +39,15 @@
 //! (default: both) — `consumer` is one JetStream ordered consumer per SSE client, `shared` one live
 //! tail per replica fanned out in process. Every part runs once per selected mode.
 //!
+//! Floor: `BENCH_MODES` also names `floor` (in the default selection): a `floor` row in the sweep
+//! (only there) — the same events taken from NATS and written as ready SSE frames straight to
+//! the same clients' sockets by a server of the benchmark's own, as a separate process (this
+//! executable started again with `BENCH_FLOOR_SERVE`, so its CPU and RSS fill the relay
+//! columns as the relay's do): one ordered pull consumer over the whole stream (the relay's
+//! shared-mode tail's settings), a hand-read request head, a plain HTTP/1.1 response on TCP,
+//! each frame built once and written to every socket of its subject with a non-blocking write,
+//! no task per client (`peers/floor.rs`). Its losses count in the exit status.
+//!
 //! Peers: `BENCH_MODES` also names `pushpin` — Pushpin 1.36 (Debian's `pushpin` package, which
 //! `make bench` installs) fed from the same stream by a GRIP backend and a feeder in this process
 //! (`peers/pushpin.rs`): a `pushpin` row beside the relay's in the sweep (only there), the same
@@ -45,13 +56,14 @@
 //! The settings it runs with are printed under the sweep table; `BENCH_PUSHPIN_SET` changes them
 //! (`section/key=value;…`, e.g. `handler/message_rate=2500` for Debian's rate limit).
 //!
-//! Every row gets a fresh nats-server (a fresh cluster for `scale`) and a fresh relay, so the
-//! nats RSS of a row is that row's alone and comparable across client counts; the `consumers`
-//! column is the stream's `consumer_count` with all clients connected and caught up.
+//! Every row gets a fresh nats-server (a fresh cluster for `scale`) and a fresh relay (or peer,
+//! or floor), so the nats RSS of a row is that row's alone and comparable across client counts;
+//! the `consumers` column is the stream's `consumer_count` with all clients connected and caught
+//! up.
 //!
 //! `BENCH_QUICK=1` for a smoke run; `BENCH_CLIENTS=100,1000` and `BENCH_RATES=1000` override the
 //! sweep; `BENCH_SECONDS` the publishing time per row; `BENCH_DEBUG=1` prints every client that
-//! missed an event. Results go to stdout and — only for a full run: every part, both modes, the
+//! missed an event. Results go to stdout and — only for a full run: every part, both modes and the floor, the
 //! default sweep, no `BENCH_QUICK` — to `docs/benchmarks-raw.md` (`docs/benchmarks.md` is the
 //! written analysis of them). Ends with the lost and duplicated totals over every part, and exits
 //! with status 1 if either is not 0.
@@ -72,6 +84,8 @@ const PARTS: [&str; 8] = [
 ];
 /// The relay's fan-out modes (`RELAY_FANOUT`).
 const MODES: [&str; 2] = ["consumer", "shared"];
+/// The sweep's floor: the least program that does the relay's job (`BENCH_MODES` names it).
+const FLOOR: &str = "floor";
 /// Peers run in the sweep beside the relay's modes (`BENCH_MODES` names them too).
 const PEERS: [&str; 1] = ["pushpin"];
 
@@ -105,12 +119,23 @@ mod sweep;
 #[path = "parts/traced.rs"]
 mod traced;
 
-// The peers of the sweep.
+// The sweep's peers, and its floor (the benchmark's own least server).
+#[path = "peers/floor.rs"]
+mod floor;
 #[path = "peers/pushpin.rs"]
 mod pushpin;
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+fn main() {
+    // Started again as the sweep's floor server (`peers/floor.rs`): that, and nothing else.
+    floor::serve_if_asked();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench());
+}
+
+async fn bench() {
     // reqwest is built with rustls but no crypto provider of its own (see the relay's OTLP client).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let parts = selection("BENCH_PARTS", &PARTS);
@@ -120,21 +145,24 @@ async fn main() {
         ref modes,
         seconds,
         with_pushpin,
+        with_floor,
         ..
     } = settings;
     // Only a full run replaces docs/benchmarks-raw.md.
     let full_run = !quick
         && parts.len() == PARTS.len()
         && modes.len() == MODES.len()
+        && with_floor
         && settings.default_sweep;
 
     let mut report = Report::default();
     report.emit(format!("Machine: {}", machine()));
     report.emit(format!(
-        "Load: K = {K_DEPLOYMENTS} deployments + 1 pavilion, clients spread evenly over them; {seconds} s of publishing per row; latency = publish timestamp in the payload → client receipt. Parts: {}; fan-out modes (RELAY_FANOUT): {}; peers in the sweep: {}. A fresh nats-server and relay (or peer) for every row.\n",
+        "Load: K = {K_DEPLOYMENTS} deployments + 1 pavilion, clients spread evenly over them; {seconds} s of publishing per row; latency = publish timestamp in the payload → client receipt. Parts: {}; fan-out modes (RELAY_FANOUT): {}; peers in the sweep: {}; the floor in the sweep: {}. A fresh nats-server and relay (or peer, or floor) for every row.\n",
         parts.join(", "),
         if modes.is_empty() { "none".to_owned() } else { modes.join(", ") },
-        if with_pushpin { "pushpin" } else { "none" }
+        if with_pushpin { "pushpin" } else { "none" },
+        if with_floor { "yes" } else { "no" }
     ));
     if let Some(line) = &settings.peers_left_out {
         report.emit(format!("{line}\n"));
@@ -167,7 +195,7 @@ async fn main() {
         report.emit(format!("| {part} | {l} | {d} |"));
     }
     report.emit(format!(
-        "| total (sse-relay and the ceiling; the exit status) | {lost} | {duplicated} |"
+        "| total (sse-relay, the floor and the ceiling; the exit status) | {lost} | {duplicated} |"
     ));
 
     if full_run {
@@ -182,7 +210,7 @@ async fn main() {
             Err(e) => eprintln!("\ncould not write {path}: {e}"),
         }
     } else {
-        println!("\n(docs/benchmarks-raw.md not written: only a full run — every part, both modes, the default sweep, no BENCH_QUICK — writes it)");
+        println!("\n(docs/benchmarks-raw.md not written: only a full run — every part, both modes and the floor, the default sweep, no BENCH_QUICK — writes it)");
     }
     if lost > 0 || duplicated > 0 {
         eprintln!("FAILED: {lost} events lost and {duplicated} duplicated over the run");

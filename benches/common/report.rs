@@ -1,7 +1,7 @@
 //! What every part shares besides the load: the run's settings, the report (every line printed
 //! and kept for `docs/benchmarks-raw.md`, the lost/dup tally), and the environment it reads.
 
-use super::{pushpin, MODES, PEERS};
+use super::{pushpin, FLOOR, MODES, PEERS};
 
 const OPEN_FILES_LIMIT: u64 = 20_000;
 
@@ -18,6 +18,8 @@ pub struct Settings {
     pub seconds: f64,
     /// The sweep's `pushpin` rows.
     pub with_pushpin: bool,
+    /// The sweep's `floor` rows.
+    pub with_floor: bool,
     /// Why a peer selected has no rows (its binaries are missing), to print.
     pub peers_left_out: Option<String>,
     /// Neither `BENCH_CLIENTS`, `BENCH_RATES` nor `BENCH_SECONDS` is set.
@@ -29,9 +31,14 @@ impl Settings {
     /// named in `BENCH_MODES` without its binaries.
     pub fn from_env() -> Settings {
         let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
-        let known_modes: Vec<&'static str> = MODES.iter().chain(&PEERS).copied().collect();
+        let known_modes: Vec<&'static str> = MODES
+            .iter()
+            .chain(&[FLOOR])
+            .chain(&PEERS)
+            .copied()
+            .collect();
         let selected_modes = selection("BENCH_MODES", &known_modes);
-        // The relay's modes (every part) and the peers (the sweep only).
+        // The relay's modes (every part); the floor and the peers (the sweep only).
         let modes: Vec<&'static str> = selected_modes
             .iter()
             .copied()
@@ -81,6 +88,7 @@ impl Settings {
             rates,
             seconds,
             with_pushpin,
+            with_floor: selected_modes.contains(&FLOOR),
             peers_left_out,
             default_sweep,
         }
@@ -188,8 +196,8 @@ impl Tally {
         }
     }
 
-    /// Lost and duplicated over sse-relay's parts and the ceiling — what the run's exit status
-    /// stands for. A peer's losses (`sweep (pushpin)`) are findings about the peer: reported,
+    /// Lost and duplicated over sse-relay's parts, the floor and the ceiling — what the run's
+    /// exit status stands for. A peer's losses (`sweep (pushpin)`) are findings about the peer: reported,
     /// not failed on.
     pub fn total(&self) -> (u64, u64) {
         self.parts

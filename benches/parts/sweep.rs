@@ -1,6 +1,7 @@
 //! The `sweep` part of `make bench`: for every (C clients, R events/s) one row per relay fan-out
-//! mode, the peers' rows (`pushpin`), and the same load delivered by plain NATS core
-//! subscriptions (`ceiling`); then the relay ÷ ceiling table and the capacity model of
+//! mode, the peers' rows (`pushpin`), the least program that does the same job (`floor`,
+//! `peers/floor.rs`), and the same load delivered by plain NATS core subscriptions (`ceiling`);
+//! then the relay ÷ ceiling and relay ÷ floor tables and the capacity model of
 //! `docs/scaling.md` fitted to the shared rows (the `scale` part checks it).
 
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use rand::Rng;
 
+use super::floor;
 use super::processes::Nats;
 use super::pushpin;
 use super::report::{Report, Settings};
@@ -24,12 +26,14 @@ pub async fn run(settings: &Settings, report: &mut Report) -> Option<CapacityMod
         rates,
         seconds,
         with_pushpin,
+        with_floor,
         ..
     } = settings;
-    let (seconds, with_pushpin) = (*seconds, *with_pushpin);
+    let (seconds, with_pushpin, with_floor) = (*seconds, *with_pushpin, *with_floor);
     report.emit("Sweep: each relay mode and the NATS-core ceiling side by side for every (C, R). nats RSS is that row's own nats-server's at the end of the row; nats KiB/conn (idle) its growth from start to all clients connected ÷ C; consumers = the stream's consumer_count with every client connected and caught up.\n".to_owned());
     report.emit(Row::header());
     let mut ratios = Vec::new();
+    let mut floor_ratios = Vec::new();
     let mut peer_notes = Vec::new();
     let mut fit_rows = Vec::new();
     let mut fanout_ignored = false;
@@ -60,6 +64,18 @@ pub async fn run(settings: &Settings, report: &mut Report) -> Option<CapacityMod
                 peer_notes.push(note);
                 rows.push(row);
             }
+            let floor_row = if with_floor {
+                let row = floor::floor_run(c, rate, seconds).await;
+                report.emit(row.line());
+                report.tally.add("sweep (floor)", row.lost, row.duplicated);
+                Some(row)
+            } else {
+                None
+            };
+            if let Some(floor) = &floor_row {
+                floor_ratios.extend(rows.iter().map(|row| per_floor(row, floor)));
+            }
+            rows.extend(floor_row);
             let mut nats = Nats::single().await;
             nats.create_stream().await;
             let ceiling = ceiling_run(&mut nats, c, rate, seconds).await;
@@ -87,10 +103,18 @@ pub async fn run(settings: &Settings, report: &mut Report) -> Option<CapacityMod
         }
     }
     report.emit(String::new());
-    report.emit("Relay (or peer) ÷ ceiling, one row per mode:\n".to_owned());
+    report.emit("Relay (or peer, or floor) ÷ ceiling, one row per mode:\n".to_owned());
     report.emit("| mode | C | R ev/s | throughput | p99 |\n|---|---|---|---|---|".to_owned());
     for ratio in ratios {
         report.emit(ratio);
+    }
+    if !floor_ratios.is_empty() {
+        report.emit(String::new());
+        report.emit("Relay (or peer) ÷ floor, one row per mode: CPU per delivery = the server's CPU over the row ÷ deliveries (µs of one core); p99 and KiB per idle connection from the rows above (— where the floor's is not above 0).\n".to_owned());
+        report.emit("| mode | C | R ev/s | CPU µs per delivery | floor's | CPU per delivery ÷ floor | p99 ÷ floor | KiB/conn (idle) ÷ floor |\n|---|---|---|---|---|---|---|---|".to_owned());
+        for ratio in floor_ratios {
+            report.emit(ratio);
+        }
     }
     let model = CapacityModel::fit(&fit_rows);
     if let Some(model) = &model {
@@ -101,6 +125,34 @@ pub async fn run(settings: &Settings, report: &mut Report) -> Option<CapacityMod
         report.emit("\n(The `shared` rows held one JetStream consumer per client: this relay build ignores RELAY_FANOUT, so they measured the consumer mode.)".to_owned());
     }
     model
+}
+
+/// CPU per delivery of a row's server (relay, peer or floor), in µs of one core.
+fn cpu_us_per_delivery(row: &Row) -> Option<f64> {
+    let cpu = row.relay.as_ref()?.cpu;
+    (row.delivered_per_s > 0.0).then(|| cpu / 100.0 / row.delivered_per_s * 1e6)
+}
+
+/// The relay ÷ floor line of `row` against the floor's row of the same (C, R).
+fn per_floor(row: &Row, floor: &Row) -> String {
+    let ratio = |of: Option<f64>, base: Option<f64>| match (of, base) {
+        (Some(of), Some(base)) if base > 0.0 => format!("{:.1}×", of / base),
+        _ => "—".to_owned(),
+    };
+    let kib = |row: &Row| row.relay.as_ref().map(|r| r.kib_per_conn);
+    let (cpu, floor_cpu) = (cpu_us_per_delivery(row), cpu_us_per_delivery(floor));
+    let us = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}"));
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        row.mode,
+        row.clients,
+        row.rate,
+        us(cpu),
+        us(floor_cpu),
+        ratio(cpu, floor_cpu),
+        ratio(Some(row.p99), Some(floor.p99)),
+        ratio(kib(row), kib(floor)),
+    )
 }
 
 /// What the capacity model (docs/scaling.md) takes from a shared-mode row.
