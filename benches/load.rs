@@ -3,8 +3,8 @@
 //! Starts its own nats-server(s) and relay(s) on loopback, opens concurrent SSE clients, publishes
 //! events spread over K deployments and one pavilion, and checks that every client got every event
 //! of its subject exactly once (the `lost` and `dup` columns). Parts, selected with
-//! `BENCH_PARTS=sweep,traced,storm,churn,shapes,scale,presence,faults` (comma-separated; default: all of
-//! them):
+//! `BENCH_PARTS=sweep,traced,storm,churn,stuck,shapes,scale,presence,faults` (comma-separated;
+//! default: all of them):
 //!
 //! - `sweep`: for every (C clients, R events/s) one row per relay fan-out mode and, beside them in
 //!   the same run, the least program that does the same job (`floor`, below) and the same load
@@ -18,6 +18,18 @@
 //!   consumers created meanwhile (relay `/metrics` and nats-server advisories);
 //! - `churn`: 200 clients each dropping and resuming its connection about every second while
 //!   100 events/s flow; relay RSS at start, peak and end;
+//! - `stuck`: per mode, 1,000 clients that read (50 with `BENCH_QUICK`) and, on a fresh relay, as
+//!   many that stop reading (`SO_RCVBUF` 2 KiB, the response head read, then nothing) while
+//!   4 KiB events flow to 5 subjects at 2,000/s, each subject getting twice the kernel's largest
+//!   TCP send buffer (8 MiB with the default `tcp_wmem`; less would all fit in the relay's socket
+//!   buffers and never stall its writes), `RELAY_WRITE_TIMEOUT=10s`: relay RSS before and after
+//!   the load in each row, KiB per stuck reader beyond a reading one, the kernel send queue per
+//!   stuck connection, and how many stuck connections the relay shed and when (seconds from the
+//!   last event, p50 and max).
+//!   Shed = the relay process no longer holds the connection's socket (its fds and
+//!   `/proc/<pid>/net/tcp`, polled every 100 ms; the stuck client cannot see the close, as the
+//!   relay's FIN waits behind the data it never read); the readers count in lost/dup, the stuck
+//!   clients do not (`parts/stuck.rs`);
 //! - `shapes`: the two shapes a replica's live source can take, on a stream of many subjects of
 //!   which a replica's clients watch all, a tenth or a hundredth: one firehose consumer (the
 //!   `shared` mode) against one ordered consumer per watched subject (what the `consumer` mode
@@ -79,8 +91,8 @@ use report::{machine, selection, Report, Settings};
 use traffic::K_DEPLOYMENTS;
 
 /// The parts, in the order they run.
-const PARTS: [&str; 8] = [
-    "sweep", "traced", "storm", "churn", "shapes", "scale", "presence", "faults",
+const PARTS: [&str; 9] = [
+    "sweep", "traced", "storm", "churn", "stuck", "shapes", "scale", "presence", "faults",
 ];
 /// The relay's fan-out modes (`RELAY_FANOUT`).
 const MODES: [&str; 2] = ["consumer", "shared"];
@@ -114,6 +126,8 @@ mod scale;
 mod shapes;
 #[path = "parts/storm.rs"]
 mod storm;
+#[path = "parts/stuck.rs"]
+mod stuck;
 #[path = "parts/sweep.rs"]
 mod sweep;
 #[path = "parts/traced.rs"]
@@ -180,6 +194,7 @@ async fn bench() {
             "traced" => traced::run(&settings, &mut report).await,
             "storm" => storm::run(&settings, &mut report).await,
             "churn" => churn::run(&settings, &mut report).await,
+            "stuck" => stuck::run(&settings, &mut report).await,
             "shapes" => shapes::run(&settings, &mut report).await,
             "scale" => scale::run(&settings, &mut report, capacity_model.as_ref()).await,
             "presence" => presence::run(&settings, &mut report).await,

@@ -53,10 +53,28 @@ enum Framing {
 impl Dialer {
     /// `GET url` with `headers`; the stream if the answer is 200, None otherwise or on any error.
     pub async fn open(&self, url: &str, headers: &[(&str, String)]) -> Option<SseStream> {
+        self.open_with(url, headers, None).await
+    }
+
+    /// [`Dialer::open`] on a socket whose receive buffer is set to `bytes` before it connects
+    /// (`SO_RCVBUF`, which the kernel doubles; the window the server sees follows it).
+    pub async fn open_with_recv_buffer(&self, url: &str, bytes: u32) -> Option<SseStream> {
+        self.open_with(url, &[], Some(bytes)).await
+    }
+
+    async fn open_with(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        recv_buffer: Option<u32>,
+    ) -> Option<SseStream> {
         let rest = url.strip_prefix("http://")?;
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let addr: SocketAddr = authority.parse().ok()?;
         let socket = TcpSocket::new_v4().ok()?;
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes).ok()?;
+        }
         socket.bind(SocketAddr::new(self.source.into(), 0)).ok()?;
         let mut socket = socket.connect(addr).await.ok()?;
         socket.set_nodelay(true).ok()?;
@@ -102,6 +120,11 @@ impl Dialer {
 }
 
 impl SseStream {
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
     /// The next body bytes; None when the body or the connection ended, or on a framing error.
     pub async fn chunk(&mut self) -> Option<BytesMut> {
         loop {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::processes::{start_relay, Nats, Server};
 use super::sse_client;
 use super::traffic::{
-    check, new_received, percentile, publish_over, sse_open, sse_read, subject_name,
+    check, new_received, percentile, publish_padded, sse_open, sse_read, subject_name,
     wait_delivered, Outcome, Received, DELIVERY_WAIT_SECS, SUBJECTS,
 };
 
@@ -114,23 +114,20 @@ pub async fn relay_run<S: Server>(
     seconds: f64,
     kill_node_mid_run: bool,
 ) -> Row {
-    let load = Load {
-        clients,
-        rate,
-        seconds,
-        subjects: SUBJECTS,
-    };
+    let load = Load::default_subjects(clients, rate, seconds);
     relay_run_over(nats, relays, mode, load, kill_node_mid_run).await
 }
 
 /// What a run publishes and who listens: `rate` events/s for `seconds` over subject indexes
-/// `0..subjects`, client `i` on subject `i % subjects`.
+/// `0..subjects`, client `i` on subject `i % subjects`, every payload padded to
+/// `payload_bytes` (0: the bare timestamp and counter).
 #[derive(Clone, Copy)]
 pub struct Load {
     pub clients: usize,
     pub rate: u32,
     pub seconds: f64,
     pub subjects: usize,
+    pub payload_bytes: usize,
 }
 
 impl Load {
@@ -141,6 +138,7 @@ impl Load {
             rate,
             seconds,
             subjects: SUBJECTS,
+            payload_bytes: 0,
         }
     }
 }
@@ -158,6 +156,7 @@ pub async fn relay_run_over<S: Server>(
         rate,
         seconds,
         subjects,
+        payload_bytes,
     } = load;
     let run = format!("r{}", rand::rng().random::<u32>());
     let dialers = sse_client::dialers();
@@ -223,7 +222,7 @@ pub async fn relay_run_over<S: Server>(
     let publisher = tokio::spawn({
         let urls = nats.url_list();
         let run = run.clone();
-        async move { publish_over(&urls, &run, rate, seconds, subjects).await }
+        async move { publish_padded(&urls, &run, rate, seconds, subjects, payload_bytes).await }
     });
     let mut killed = None;
     if kill_node_mid_run {

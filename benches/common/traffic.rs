@@ -95,6 +95,18 @@ pub async fn publish_over(
     seconds: f64,
     subjects: usize,
 ) -> Vec<u64> {
+    publish_padded(nats_urls, run, rate, seconds, subjects, 0).await
+}
+
+/// [`publish_over`] with every payload padded (a `pad` field) to `payload_bytes` (0: none).
+pub async fn publish_padded(
+    nats_urls: &str,
+    run: &str,
+    rate: u32,
+    seconds: f64,
+    subjects: usize,
+    payload_bytes: usize,
+) -> Vec<u64> {
     let urls: Vec<String> = nats_urls.split(',').map(str::to_owned).collect();
     let client = async_nats::connect(urls.as_slice())
         .await
@@ -117,7 +129,13 @@ pub async fn publish_over(
             budget -= 1.0;
             let (subject, _) = subject_name(run, s);
             let n = counts[s];
-            let payload = format!(r#"{{"t":{},"n":{n}}}"#, now_nanos());
+            let mut payload = format!(r#"{{"t":{},"n":{n}}}"#, now_nanos());
+            if payload.len() < payload_bytes {
+                // `,"pad":""` is 9 bytes.
+                let pad = "x".repeat(payload_bytes.saturating_sub(payload.len() + 9));
+                payload.truncate(payload.len() - 1);
+                payload.push_str(&format!(r#","pad":"{pad}"}}"#));
+            }
             // Retried with the same message id while a NATS node is down (scale-out run).
             let msg_id = format!("{run}-{s}-{n}");
             let js = js.clone();

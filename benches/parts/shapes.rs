@@ -30,6 +30,7 @@ pub async fn run(settings: &Settings, report: &mut Report) {
                 rate,
                 seconds,
                 subjects: published,
+                payload_bytes: 0,
             };
             let row = relay_run_over(
                 &mut nats,
