@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod extract;
 mod health;
+mod lean;
 mod limits;
 mod middleware;
 mod poll_rate;

@@ -1,5 +1,6 @@
-//! The HTTP/1.1 server loop: one task per connection, served by hyper's HTTP/1 connection
-//! directly, with hyper-util's graceful shutdown.
+//! The HTTP/1.1 server loop: one task per connection. A connection whose first request asks
+//! for an event stream is served on the lean path (`lean.rs`); every other one by hyper's HTTP/1
+//! connection directly, with hyper-util's graceful shutdown (which waits for both).
 //!
 //! `axum::serve` runs every connection through hyper-util's auto (HTTP/1 + HTTP/2) connection,
 //! which costs about 7 KiB more per idle connection than an HTTP/1 connection alone (17.5 vs
@@ -26,6 +27,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::lean::{self, First, Rewind};
 use super::StallGuardedListener;
 use crate::telemetry::metrics::CONNECTIONS_REJECTED;
 
@@ -84,17 +86,32 @@ pub async fn serve(
             });
             continue;
         };
-        // The peer travels on each request (the timeline's per-client poll budget reads it).
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            },
-        ));
-        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        let watcher = connections.watcher();
+        let (router, http) = (router.clone(), http.clone());
+        let header_read_timeout = settings.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "connection ended with an error");
+            match lean::first_request(&mut stream, header_read_timeout, peer).await {
+                // Watched until it ends: a shutdown waits for it (streams end in the drain).
+                First::Stream(request) => {
+                    lean::serve_stream(stream, router, request).await;
+                    drop(watcher);
+                }
+                First::Other(read) => {
+                    // The peer travels on each request (the timeline's per-client poll budget
+                    // reads it).
+                    let service = TowerToHyperService::new(router.map_request(
+                        move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                            request.extensions_mut().insert(ConnectInfo(peer));
+                            request
+                        },
+                    ));
+                    let io = TokioIo::new(Rewind::new(read, stream));
+                    let connection = watcher.watch(http.serve_connection(io, service));
+                    if let Err(err) = connection.await {
+                        tracing::debug!(error = %err, "connection ended with an error");
+                    }
+                }
+                First::Closed => drop(watcher),
             }
             drop(permit);
         });

@@ -1,9 +1,9 @@
 //! Slow clients: a connection whose writes make no progress for `RELAY_WRITE_TIMEOUT` is closed.
 //!
-//! A client that stops reading fills the socket buffers; the HTTP server then stops pulling
-//! the SSE body, the body stops pulling its consumer, and JetStream — not the relay — holds the
-//! backlog. The relay's own share is bounded (kernel and HTTP write buffers plus one consumer
-//! pull batch). This guard ends such a connection so its slot and consumer are released; the
+//! A client that stops reading fills the socket buffers; the relay then stops pulling the SSE
+//! body, the body stops pulling its consumer, and JetStream — not the relay — holds the backlog.
+//! The relay's own share is bounded (the kernel's buffers, the frame being written, and about
+//! one and a half consumer pulls in consumer mode). This guard ends such a connection so its slot and consumer are released; the
 //! client, if it ever wakes up, resumes with its Last-Event-ID.
 
 use std::future::Future;
@@ -64,6 +64,11 @@ pub struct StallGuardedStream {
 }
 
 impl StallGuardedStream {
+    /// The TCP socket underneath (readiness and reads that need no `&mut`).
+    pub fn socket(&self) -> &TcpStream {
+        &self.inner
+    }
+
     fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match poll {
             Poll::Ready(result) => {

@@ -29,9 +29,23 @@ pub(super) struct ConsumerSpec {
     pub expires: Duration,
 }
 
-/// Messages a client's consumer pulls at a time: the most the relay buffers for a client that
-/// has stopped reading (JetStream keeps the rest).
-pub(super) const CLIENT_PULL_BATCH: i64 = 100;
+/// What a client's consumer pulls at a time, in bytes of the stream's average message: the
+/// most the relay buffers for a client that has stopped reading is about one and a half pulls
+/// (the next pull goes out when half of one is left); JetStream keeps the rest. Bounded by
+/// count, not with the pull's `max_bytes`: a message larger than that would never be delivered.
+const CLIENT_PULL_BYTES: u64 = 20 * 1024;
+/// The fewest and most messages a client's pull asks for.
+const CLIENT_PULL_MESSAGES: (i64, i64) = (2, 100);
+
+/// Messages a client's consumer pulls at a time on a stream holding `messages` in `bytes`:
+/// [`CLIENT_PULL_BYTES`] of its average message, within [`CLIENT_PULL_MESSAGES`].
+pub(super) fn client_pull_batch(messages: u64, bytes: u64) -> i64 {
+    let (fewest, most) = CLIENT_PULL_MESSAGES;
+    let average = bytes.checked_div(messages).unwrap_or(0).max(1);
+    i64::try_from(CLIENT_PULL_BYTES / average)
+        .unwrap_or(most)
+        .clamp(fewest, most)
+}
 
 /// A client's longest pull: bounds the idle heartbeat to half of it, so a consumer lost with its
 /// server is noticed (two missed heartbeats) within about this long even when no other signal
@@ -258,4 +272,21 @@ fn is_not_found(err: &jetstream::stream::ConsumerError) -> bool {
         jetstream::stream::ConsumerErrorKind::JetStream(e)
             if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_pulls_about_twenty_kib_of_average_messages() {
+        assert_eq!(client_pull_batch(0, 0), 100, "an empty stream: the most");
+        assert_eq!(client_pull_batch(1000, 200 * 1000), 100, "200 B events");
+        assert_eq!(client_pull_batch(1000, 4096 * 1000), 5, "4 KiB events");
+        assert_eq!(
+            client_pull_batch(10, 100 * 1024 * 10),
+            2,
+            "100 KiB events: the fewest"
+        );
+    }
 }

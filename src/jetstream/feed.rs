@@ -25,7 +25,7 @@ use futures::FutureExt;
 use futures::{Stream, StreamExt};
 
 use super::consumer::{
-    ConsumerLease, ConsumerSpec, CLIENT_PULL_BATCH, CLIENT_PULL_EXPIRES, REOPEN_FOR,
+    client_pull_batch, ConsumerLease, ConsumerSpec, CLIENT_PULL_EXPIRES, REOPEN_FOR,
 };
 use super::{EventStore, Opening, RelayEvent, StartPlan, StoreError};
 use crate::subject::{ResumePoint, SubjectSet};
@@ -66,7 +66,7 @@ impl EventStore {
         let plan = StartPlan::new(resume, &stream.state);
         let spec = ConsumerSpec {
             filters: subjects.nats_subjects(),
-            batch: CLIENT_PULL_BATCH,
+            batch: client_pull_batch(stream.state.messages, stream.state.bytes),
             expires: CLIENT_PULL_EXPIRES,
         };
         // The stream was read just before the consumer is created: its first one is trusted.

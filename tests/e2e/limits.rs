@@ -86,23 +86,6 @@ async fn a_multi_subject_request_needs_a_slot_on_every_key() {
     let _d9 = SseClient::connect(&relay.url("/v1/deployments/d-9/events"), None).await;
 }
 
-/// A raw TCP connection to `addr` that has sent `bytes`.
-async fn raw_connection(addr: std::net::SocketAddr, bytes: &[u8]) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    socket.write_all(bytes).await.expect("write");
-    socket
-}
-
-/// Everything the relay sends until it closes the connection; panics if it stays open.
-async fn read_until_closed(socket: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(WAIT, socket.read_to_end(&mut received)).await;
-    assert!(read.is_ok(), "the relay kept the connection open");
-    String::from_utf8_lossy(&received).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_that_never_send_a_request_are_closed() {
     let nats = Nats::start().await;

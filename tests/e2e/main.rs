@@ -19,6 +19,7 @@ mod failover;
 mod faults;
 mod fuzz;
 mod jaeger;
+mod lean;
 mod limits;
 mod metrics;
 mod nats_cli;

@@ -266,3 +266,20 @@ pub fn built_tool(var: &str, name: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// A raw TCP connection to `addr` that has sent `bytes`.
+pub async fn raw_connection(addr: std::net::SocketAddr, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket.write_all(bytes).await.expect("write");
+    socket
+}
+
+/// Everything the relay sends until it closes the connection; panics if it stays open.
+pub async fn read_until_closed(socket: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(WAIT, socket.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the relay kept the connection open");
+    String::from_utf8_lossy(&received).into_owned()
+}
