@@ -13,7 +13,7 @@ use super::processes::{start_relay, Nats, Server};
 use super::sse_client;
 use super::traffic::{
     check, new_received, percentile, publish_padded, sse_open, sse_read, subject_name,
-    wait_delivered, Outcome, Received, DELIVERY_WAIT_SECS, SUBJECTS,
+    wait_every_event, Outcome, Received, SUBJECTS,
 };
 
 /// What a relay row measured of its relay(s).
@@ -234,13 +234,7 @@ pub async fn relay_run_over<S: Server>(
     let expected = publisher.await.expect("publisher");
     let elapsed = started.elapsed().as_secs_f64();
     // Let deliveries finish (bounded).
-    let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
-    wait_delivered(
-        received.iter(),
-        total,
-        Duration::from_secs(DELIVERY_WAIT_SECS),
-    )
-    .await;
+    wait_every_event(&expected, &subject_of, &received).await;
     let relay_cpu =
         (relays.iter().map(|r| r.cpu_seconds()).sum::<f64>() - relay_cpu_before) / elapsed * 100.0;
     let nats_cpu = (nats.cpu_seconds() - nats_cpu_before) / elapsed * 100.0;

@@ -242,6 +242,22 @@ pub async fn wait_delivered<'a>(
     }
 }
 
+/// Waits until every client holds every event of its subject (`expected[s]` events were
+/// published to subject `s`; client `i` follows `subject_of[i]`), or the delivery wait has passed.
+pub async fn wait_every_event(
+    expected: &[u64],
+    subject_of: &[usize],
+    received: &[Arc<Mutex<Received>>],
+) {
+    let total: u64 = subject_of.iter().map(|&s| expected[s]).sum();
+    wait_delivered(
+        received.iter(),
+        total,
+        Duration::from_secs(DELIVERY_WAIT_SECS),
+    )
+    .await;
+}
+
 pub struct Outcome {
     pub held: usize,
     pub delivered: u64,

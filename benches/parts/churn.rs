@@ -12,8 +12,8 @@ use super::processes::{consumers_created, rss_peak_sampler, start_relay, Nats};
 use super::report::{Report, Settings};
 use super::sse_client;
 use super::traffic::{
-    check, new_received, publish_load, sse_open, sse_read, subject_name, wait_delivered,
-    DELIVERY_WAIT_SECS, K_DEPLOYMENTS,
+    check, new_received, publish_load, sse_open, sse_read, subject_name, wait_every_event,
+    K_DEPLOYMENTS,
 };
 
 pub async fn run(settings: &Settings, report: &mut Report) {
@@ -158,13 +158,7 @@ pub async fn churn_run(mode: &'static str, clients: usize, rate: u32, seconds: f
     if let Some(end) = churn_end.get() {
         tokio::time::sleep_until((*end + Duration::from_millis(200)).into()).await;
     }
-    let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
-    wait_delivered(
-        received.iter(),
-        total,
-        Duration::from_secs(DELIVERY_WAIT_SECS),
-    )
-    .await;
+    wait_every_event(&expected, &subject_of, &received).await;
     // Let the relay finish with the last dropped connections before counting.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_end = relay.proc.rss_mib();

@@ -26,8 +26,8 @@ use super::processes::{relay_metric, start_relay_on};
 use super::report::{Report, Settings};
 use super::sse_client::Dialer;
 use super::traffic::{
-    check, new_received, publish_load, sse_open, sse_read, subject_name, wait_delivered,
-    DELIVERY_WAIT_SECS, K_DEPLOYMENTS,
+    check, new_received, publish_load, sse_open, sse_read, subject_name, wait_every_event,
+    K_DEPLOYMENTS,
 };
 
 /// How long the path is cut.
@@ -304,13 +304,7 @@ pub async fn faults_run(mode: &'static str, clients: usize, rate: u32) -> Faults
     }
 
     let expected = publisher.await.expect("publisher");
-    let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
-    wait_delivered(
-        received.iter(),
-        total,
-        Duration::from_secs(DELIVERY_WAIT_SECS),
-    )
-    .await;
+    wait_every_event(&expected, &subject_of, &received).await;
     done.cancel();
     for t in tasks {
         t.await.ok();

@@ -17,8 +17,8 @@ use super::processes::{consumers_created, start_relay, Nats};
 use super::report::{Report, Settings};
 use super::sse_client;
 use super::traffic::{
-    check, new_received, publish_load, sse_open, sse_read, subject_name, wait_delivered,
-    DELIVERY_WAIT_SECS, K_DEPLOYMENTS,
+    check, new_received, publish_load, sse_open, sse_read, subject_name, wait_every_event,
+    K_DEPLOYMENTS,
 };
 
 pub async fn run(settings: &Settings, report: &mut Report) {
@@ -213,13 +213,7 @@ pub async fn storm_run(
     let created_relay = consumers_created(&relay).await - created_before;
     let created_server = advisories.get() - server_before;
     let expected = publisher.await.expect("publisher");
-    let total: u64 = (0..clients).map(|i| expected[subject_of[i]]).sum();
-    wait_delivered(
-        received.iter(),
-        total,
-        Duration::from_secs(DELIVERY_WAIT_SECS),
-    )
-    .await;
+    wait_every_event(&expected, &subject_of, &received).await;
     done.cancel();
     for t in tasks {
         t.await.ok();
