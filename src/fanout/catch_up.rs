@@ -163,17 +163,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn event(seq: u64, subject: &str) -> RelayEvent {
-        RelayEvent {
-            seq,
-            subject: subject.into(),
-            payload: bytes::Bytes::new(),
-            published: time::OffsetDateTime::UNIX_EPOCH,
-            headers: None,
-            received: None,
-        }
-    }
-
     /// `read_subject` against a model: a replica holding the stream up to `replica_last` (a
     /// prefix) answers at most `page` events; the leader holds all of it.
     fn read_from(
@@ -222,7 +211,7 @@ mod tests {
             let stream: Vec<RelayEvent> = subjects_of
                 .iter()
                 .enumerate()
-                .map(|(i, s)| event(i as u64 + 1, names[*s]))
+                .map(|(i, s)| RelayEvent::for_test(i as u64 + 1, names[*s]))
                 .collect();
             let until = stream.len() as u64;
             let from = (from_at as u64).min(until);
@@ -260,7 +249,11 @@ mod tests {
     #[test]
     fn a_lagging_replica_s_nothing_more_covers_only_up_to_the_leader_s_next_event() {
         // The replica answered events 3 and 5 and nothing more; the leader has 9.
-        let read = confirmed(vec![event(3, "a"), event(5, "a")], Some(event(9, "a")), 20);
+        let read = confirmed(
+            vec![RelayEvent::for_test(3, "a"), RelayEvent::for_test(5, "a")],
+            Some(RelayEvent::for_test(9, "a")),
+            20,
+        );
         assert_eq!(read.read_to, 9);
         let page = merge(vec![read], 20);
         assert_eq!(
@@ -269,18 +262,25 @@ mod tests {
         );
         assert_eq!((page.covered, page.done), (9, false));
         // The leader's next one is past `until`, or there is none: the read covers `until`.
-        assert_eq!(confirmed(Vec::new(), Some(event(21, "a")), 20).read_to, 20);
+        assert_eq!(
+            confirmed(Vec::new(), Some(RelayEvent::for_test(21, "a")), 20).read_to,
+            20
+        );
         assert_eq!(confirmed(Vec::new(), None, 20).read_to, 20);
     }
 
     #[test]
     fn pages_merge_up_to_the_subject_read_least_far() {
         let a = SubjectRead {
-            events: vec![event(2, "a"), event(6, "a"), event(8, "a")],
+            events: vec![
+                RelayEvent::for_test(2, "a"),
+                RelayEvent::for_test(6, "a"),
+                RelayEvent::for_test(8, "a"),
+            ],
             read_to: 8,
         };
         let b = SubjectRead {
-            events: vec![event(3, "b"), event(4, "b")],
+            events: vec![RelayEvent::for_test(3, "b"), RelayEvent::for_test(4, "b")],
             read_to: 4,
         };
         let page = merge(vec![a, b], 10);

@@ -193,17 +193,6 @@ mod tests {
     const MINE: &str = "deploy.mine";
     const OTHER: &str = "deploy.other";
 
-    fn event(seq: u64, subject: &str) -> RelayEvent {
-        RelayEvent {
-            seq,
-            subject: subject.into(),
-            payload: bytes::Bytes::from_static(b"{}"),
-            published: time::OffsetDateTime::UNIX_EPOCH,
-            headers: None,
-            received: None,
-        }
-    }
-
     /// The whole stream, read `page` events at a time (what JetStream's direct gets give).
     struct Stream {
         events: Vec<RelayEvent>,
@@ -286,7 +275,7 @@ mod tests {
             .mine
             .iter()
             .enumerate()
-            .map(|(i, &mine)| event(i as u64 + 1, if mine { MINE } else { OTHER }))
+            .map(|(i, &mine)| RelayEvent::for_test(i as u64 + 1, if mine { MINE } else { OTHER }))
             .collect();
         let want = s.mine.iter().filter(|&&m| m).count();
         let registry = Arc::new(Registry::new(TailSettings {

@@ -63,14 +63,7 @@ impl Delivery {
 
     #[cfg(test)]
     fn for_test(seq: u64, subject: &str) -> Self {
-        Self::new(RelayEvent {
-            seq,
-            subject: subject.into(),
-            payload: Bytes::from_static(b"{}"),
-            published: time::OffsetDateTime::UNIX_EPOCH,
-            headers: None,
-            received: None,
-        })
+        Self::new(RelayEvent::for_test(seq, subject))
     }
 }
 

@@ -146,15 +146,16 @@ impl Slot {
 pub(super) struct Registration {
     registry: Arc<Registry>,
     pub(super) slot: Arc<Slot>,
-    /// The NATS subjects it follows, each with its key in that subject's slab.
-    entries: Vec<(String, usize)>,
+    /// The NATS subjects it follows...
     pub(super) subjects: Vec<String>,
+    /// ...and its key in each one's slab.
+    keys: Vec<usize>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut state = self.registry.lock();
-        for (subject, key) in &self.entries {
+        for (subject, key) in self.subjects.iter().zip(&self.keys) {
             let Some(slots) = state.clients.get_mut(subject) else {
                 continue;
             };
@@ -217,26 +218,27 @@ impl Registry {
             capacity: self.settings.client_backlog.max(1),
             waker: AtomicWaker::new(),
         });
-        let mut entries = Vec::with_capacity(subjects.len());
+        let mut keys = Vec::with_capacity(subjects.len());
         {
             let mut state = self.lock();
             if state.ring.is_none() {
                 return Err(StoreError::unavailable("the live tail has not started"));
             }
             for subject in &subjects {
-                let key = state
-                    .clients
-                    .entry(subject.clone())
-                    .or_default()
-                    .insert(slot.clone());
-                entries.push((subject.clone(), key));
+                keys.push(
+                    state
+                        .clients
+                        .entry(subject.clone())
+                        .or_default()
+                        .insert(slot.clone()),
+                );
             }
         }
         Ok(Registration {
             registry: self.clone(),
             slot,
-            entries,
             subjects,
+            keys,
         })
     }
 
@@ -268,12 +270,6 @@ impl Registry {
             state.stream_created = Some(created);
         }
         (state.last_seq, state.stream_created.unwrap_or(created))
-    }
-
-    /// The last sequence taken in and the stream's creation time as the tail knows it.
-    pub(super) fn progress(&self) -> (u64, Option<time::OffsetDateTime>) {
-        let state = self.lock();
-        (state.last_seq, state.stream_created)
     }
 
     /// Forgets the old stream: the ring, the position, and every client (whose streams end, so

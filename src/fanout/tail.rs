@@ -296,13 +296,9 @@ impl Inner {
         let after = stream.first_sequence.saturating_sub(1).max(
             stream
                 .last_sequence
-                .saturating_sub(self.settings().ring_events as u64),
+                .saturating_sub(self.registry.settings().ring_events as u64),
         );
         Ok(self.registry.start_at(after, info.created))
-    }
-
-    fn settings(&self) -> TailSettings {
-        self.registry.settings()
     }
 
     /// Compares the stream, as one request read it, with what the tail has taken in (a failed
@@ -317,8 +313,11 @@ impl Inner {
         let Ok(info) = info else {
             return StreamCheck::Following;
         };
-        let (taken, created) = self.registry.progress();
-        if created.is_some_and(|created| created != info.created) {
+        let Some((taken, created)) = self.registry.position() else {
+            // Starting over: nothing to compare with.
+            return StreamCheck::Following;
+        };
+        if created != info.created {
             return StreamCheck::Recreated;
         }
         let behind = info.state.last_sequence > taken;

@@ -56,6 +56,19 @@ impl RelayEvent {
         event
     }
 
+    /// An event of `subject` at `seq` with the payload `{}`, for tests.
+    #[cfg(test)]
+    pub fn for_test(seq: u64, subject: &str) -> Self {
+        Self {
+            seq,
+            subject: subject.into(),
+            payload: Bytes::from_static(b"{}"),
+            published: time::OffsetDateTime::UNIX_EPOCH,
+            headers: None,
+            received: None,
+        }
+    }
+
     /// From the `Relay-Event-Type` header; `message` if absent or empty.
     pub fn event_type(&self) -> &str {
         self.headers

@@ -212,11 +212,6 @@ impl EventStore {
         }
     }
 
-    /// The stream's current state (one API request), or why it cannot be had.
-    pub async fn stream_state(&self) -> Result<jetstream::stream::State, StoreError> {
-        Ok(self.stream_info().await?.state)
-    }
-
     /// The stream's state as read by a request sent at or after `since` (a client's arrival):
     /// shared with every client that arrived before that request was sent. A later state than
     /// the client's own request would have read is as good for planning its start: its resume

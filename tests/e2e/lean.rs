@@ -93,27 +93,41 @@ async fn read_until_more(
 }
 
 /// An error on the lean path is the relay's usual JSON error, with its length, and closes the
-/// connection.
+/// connection: a bad id (400) and a refusal by the per-key limit (429).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_stream_gets_the_usual_error_and_the_connection_closes() {
     let nats = Nats::start().await;
-    let relay = Relay::start(&nats.url(), &[]).await;
-    let mut socket = raw_connection(
-        relay.addr,
-        b"GET /v1/deployments/d*bad/events HTTP/1.1\r\nHost: relay\r\n\r\n",
-    )
-    .await;
-    let answer = read_until_closed(&mut socket).await;
-    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
-    let head = head.to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 400 bad request\r\n"), "{head}");
-    assert!(
-        head.contains(&format!("content-length: {}", body.len())),
-        "{head}"
-    );
-    assert!(head.contains("connection: close"), "{head}");
-    let body: serde_json::Value = serde_json::from_str(body).expect("JSON");
-    assert_eq!(body["error"], "invalid_id");
+    let relay = Relay::start(&nats.url(), &[("RELAY_MAX_CONNECTIONS_PER_KEY", "1")]).await;
+    let _held = SseClient::connect(&relay.url("/v1/deployments/d-held/events"), None).await;
+    for (path, status, error) in [
+        (
+            "/v1/deployments/d*bad/events",
+            "400 bad request",
+            "invalid_id",
+        ),
+        (
+            "/v1/deployments/d-held/events",
+            "429 too many requests",
+            "too_many_connections",
+        ),
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n");
+        let mut socket = raw_connection(relay.addr, request.as_bytes()).await;
+        let answer = read_until_closed(&mut socket).await;
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.starts_with(&format!("http/1.1 {status}\r\n")),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        assert!(head.contains("connection: close"), "{head}");
+        let body: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(body["error"], error, "{path}");
+    }
 }
 
 /// Event streams asked for in a way the lean path leaves alone — over HTTP/1.0, or with another

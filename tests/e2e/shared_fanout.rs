@@ -364,6 +364,32 @@ async fn a_catch_up_answered_by_a_lagging_copy_loses_nothing() {
         caught_up,
         "the mirror lags"
     );
+    // And it answers the stream's direct gets: asked for the subject's last event, some answers
+    // come from the stream (the last published), some from the copy (the last it holds).
+    let mut answers = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let answer = client
+            .request(
+                format!("$JS.API.DIRECT.GET.{STREAM}"),
+                r#"{"last_by_subj":"deploy.d-lagged"}"#.into(),
+            )
+            .await
+            .expect("direct get");
+        let seq = answer
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Sequence"))
+            .map(|v| v.as_str().to_owned())
+            .expect("Nats-Sequence");
+        answers.insert(seq);
+    }
+    let lagged_last = mine[29].to_string();
+    let last = mine[59].to_string();
+    assert_eq!(
+        answers,
+        [lagged_last, last].into_iter().collect(),
+        "the stream and its lagging copy both answer direct gets"
+    );
     let url = relay.url("/v1/deployments/d-lagged/events");
     let joins = (0..CLIENTS).map(|c| {
         let url = url.clone();
