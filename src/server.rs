@@ -21,7 +21,7 @@ use crate::fanout::{Fanout, LiveTail, TailSettings};
 use crate::http::{self, admin_router, router, AppState, ServeSettings, StallGuardedListener};
 use crate::jetstream::{self, EventStore, ServerTooOld};
 use crate::readiness::{Readiness, STALE_AFTER};
-use crate::shedding::Shedder;
+use crate::shedding::{LiveLag, Shedder};
 use crate::telemetry::metrics::{self, INFO, MAX_CONNECTIONS};
 
 /// Connections the admin listener holds at once: probes and a few scrapers.
@@ -80,6 +80,7 @@ pub async fn serve(
     let draining = CancellationToken::new();
     let tail_stop = CancellationToken::new();
     let mut tail_task = None;
+    let live_lag = Arc::new(LiveLag::new(config.shed_lag));
     let fanout = match config.fanout {
         FanoutMode::Consumer => Fanout::Consumer(Box::new(store.clone())),
         FanoutMode::Shared => {
@@ -90,6 +91,7 @@ pub async fn serve(
                     ring_bytes: config.ring_bytes,
                     client_backlog: config.client_backlog,
                 },
+                live_lag.clone(),
             );
             readiness.set_live_tail_pending(true);
             let started = readiness.clone();
@@ -101,7 +103,7 @@ pub async fn serve(
             Fanout::Shared(tail)
         }
     };
-    let state = AppState::new(config.clone(), fanout, readiness.clone())?;
+    let state = AppState::new(config.clone(), fanout, readiness.clone(), live_lag)?;
     let limits = state.limits.clone();
     let presence_stop = CancellationToken::new();
     let presence_task = state.presence.clone().map(|presence| {

@@ -17,8 +17,9 @@ use futures::{Stream, StreamExt};
 use metrics::counter;
 
 use super::catch_up::ReadPages;
+use super::direct::{DirectReport, FrameSocket};
 use super::handover::HandOver;
-use super::registry::{Queued, Registration, Registry, Resync};
+use super::registry::{Queued, Registration, Registry, Resync, Slot};
 use super::Delivery;
 use crate::jetstream::FeedError;
 use crate::telemetry::metrics::{CATCH_UP_PAGES, HANDOVERS};
@@ -29,6 +30,8 @@ const CATCH_UP_ATTEMPTS: u32 = 5;
 /// A client's events in shared mode.
 pub struct SharedFeed {
     inner: BoxStream<'static, Result<Arc<Delivery>, FeedError>>,
+    /// Its place in the registry, for direct writes.
+    slot: Arc<Slot>,
 }
 
 impl SharedFeed {
@@ -38,6 +41,7 @@ impl SharedFeed {
         registration: Registration,
         after: u64,
     ) -> Self {
+        let slot = registration.slot.clone();
         let client = Client {
             registry,
             pages,
@@ -49,7 +53,29 @@ impl SharedFeed {
         };
         Self {
             inner: futures::stream::unfold(client, Client::next).boxed(),
+            slot,
         }
+    }
+
+    /// While the feed waits live and its reader has written everything, the tail may write the
+    /// client's events to `socket` itself (`direct.rs`). Its reader must then [`arm`] when it goes
+    /// idle and [`disarm`] whenever it is polled, before anything else.
+    ///
+    /// [`arm`]: SharedFeed::arm
+    /// [`disarm`]: SharedFeed::disarm
+    pub fn write_directly(&self, socket: Arc<dyn FrameSocket>, live_after: u64) {
+        self.slot.write_directly(socket, live_after);
+    }
+
+    /// The reader has written everything it was given and waits.
+    pub fn arm(&self) {
+        self.slot.arm();
+    }
+
+    /// The reader takes its socket back: what the tail wrote meanwhile, and the end of a frame
+    /// to write before anything else.
+    pub fn disarm(&self) -> Option<DirectReport> {
+        self.slot.disarm()
     }
 }
 
@@ -128,9 +154,10 @@ impl Client {
                 }
                 continue;
             }
-            // Live: straight from the queue.
+            // Live: straight from the queue (or, while it waits, written by the tail).
             let slot = &self.registration.slot;
-            match poll_fn(|cx| slot.poll_next(cx)).await {
+            let sent = self.handover.sent();
+            match poll_fn(|cx| slot.poll_next(cx, sent)).await {
                 Queued::Event(delivery) => {
                     if let Some(delivery) = self.handover.live(delivery) {
                         return Some((Ok(delivery), self));
@@ -147,6 +174,9 @@ impl Client {
     fn resync(&mut self) -> bool {
         self.needs_resync = false;
         self.handover.restart();
+        // What the tail wrote to the client's socket itself, it has.
+        self.handover
+            .covered(self.registration.slot.written_up_to());
         let resync = self.registry.resync(
             &self.registration.slot,
             self.handover.sent(),
@@ -243,9 +273,26 @@ mod tests {
         page: usize,
         /// true: the tail takes in the next event; false: the client is polled once.
         schedule: Vec<bool>,
+        /// With direct writes: what the socket does with each write the tail tries, in turn.
+        socket: Option<Vec<Take>>,
+    }
+
+    /// What the socket takes of a frame the tail writes.
+    #[derive(Debug, Clone, Copy)]
+    enum Take {
+        Whole,
+        Part,
+        Nothing,
+        Fails,
     }
 
     fn scenario() -> impl Strategy<Value = Scenario> {
+        let take = prop_oneof![
+            3 => Just(Take::Whole),
+            1 => Just(Take::Part),
+            1 => Just(Take::Nothing),
+            1 => Just(Take::Fails),
+        ];
         (
             proptest::collection::vec(any::<bool>(), 0..80),
             0u64..90,
@@ -254,9 +301,10 @@ mod tests {
             1usize..8,
             1usize..5,
             proptest::collection::vec(any::<bool>(), 0..300),
+            proptest::option::of(proptest::collection::vec(take, 1..40)),
         )
             .prop_map(
-                |(mine, cursor, at, ring, backlog, page, schedule)| Scenario {
+                |(mine, cursor, at, ring, backlog, page, schedule, socket)| Scenario {
                     taken_at_start: at.index(mine.len() + 1),
                     mine,
                     cursor,
@@ -264,25 +312,67 @@ mod tests {
                     backlog,
                     page,
                     schedule,
+                    socket,
                 },
             )
     }
 
-    /// What the client's feed yields, driven as the scenario says; `None` if it stopped
-    /// yielding before it had every event.
-    fn run(s: &Scenario) -> Option<Vec<u64>> {
+    /// The client's socket: every byte written to it, by the tail or the client's task.
+    struct Socket {
+        takes: Vec<Take>,
+        state: std::sync::Mutex<(usize, Vec<u8>)>,
+    }
+
+    impl Socket {
+        fn write_all(&self, frame: &[u8]) {
+            self.lock().1.extend_from_slice(frame);
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Vec<u8>)> {
+            self.state.lock().unwrap_or_else(|p| p.into_inner())
+        }
+    }
+
+    impl FrameSocket for Socket {
+        fn try_write(&self, frame: &[u8]) -> std::io::Result<usize> {
+            let mut state = self.lock();
+            let take = self.takes[state.0 % self.takes.len()];
+            state.0 += 1;
+            let n = match take {
+                Take::Whole => frame.len(),
+                Take::Part => frame.len() / 2,
+                Take::Nothing => return Err(std::io::ErrorKind::WouldBlock.into()),
+                Take::Fails => return Err(std::io::ErrorKind::BrokenPipe.into()),
+            };
+            state.1.extend_from_slice(&frame[..n]);
+            Ok(n)
+        }
+    }
+
+    /// The bytes the client receives, driven as the scenario says, with the client's task doing
+    /// what the lean path's does (`http::stream_body`): take the socket back and write the rest
+    /// of a frame first, write every event the feed yields, and give the socket to the tail when
+    /// it waits. `None` if the feed ended before the client had every event.
+    fn run(s: &Scenario) -> Option<Vec<u8>> {
         let stream: Vec<RelayEvent> = s
             .mine
             .iter()
             .enumerate()
             .map(|(i, &mine)| RelayEvent::for_test(i as u64 + 1, if mine { MINE } else { OTHER }))
             .collect();
-        let want = s.mine.iter().filter(|&&m| m).count();
-        let registry = Arc::new(Registry::new(TailSettings {
-            ring_events: s.ring,
-            ring_bytes: usize::MAX,
-            client_backlog: s.backlog,
-        }));
+        let want: usize = stream
+            .iter()
+            .filter(|e| e.subject.as_str() == MINE && e.seq > s.cursor)
+            .map(|e| Delivery::new(e.clone()).frame.len())
+            .sum();
+        let registry = Arc::new(Registry::new(
+            TailSettings {
+                ring_events: s.ring,
+                ring_bytes: usize::MAX,
+                client_backlog: s.backlog,
+            },
+            Arc::new(crate::shedding::LiveLag::new(std::time::Duration::ZERO)),
+        ));
         registry.start_at(0, time::OffsetDateTime::UNIX_EPOCH);
         let take_in = |i: usize| registry.take_in(Arc::new(Delivery::new(stream[i].clone())));
         (0..s.taken_at_start).for_each(take_in);
@@ -292,38 +382,57 @@ mod tests {
             page: s.page,
         });
         let mut feed = SharedFeed::new(registry.clone(), pages, registration, s.cursor);
+        let socket = Arc::new(Socket {
+            takes: s.socket.clone().unwrap_or_default(),
+            state: Default::default(),
+        });
+        if s.socket.is_some() {
+            feed.write_directly(socket.clone(), s.cursor);
+        }
         let waker = noop_waker();
         let mut cx = Context::from_waker(&waker);
         let mut taken = s.taken_at_start;
-        let mut out = Vec::new();
         let mut steps = s.schedule.iter().copied().chain(std::iter::repeat(false));
         let mut idle_polls = 0;
-        while idle_polls < 3 {
+        while idle_polls < 3 && socket.lock().1.len() <= want {
             if steps.next().unwrap_or(false) && taken < stream.len() {
                 take_in(taken);
                 taken += 1;
                 continue;
             }
+            if let Some(rest) = feed.disarm().and_then(|report| report.rest) {
+                idle_polls = 0;
+                socket.write_all(&rest);
+                continue;
+            }
             match feed.poll_next_unpin(&mut cx) {
                 Poll::Ready(Some(Ok(delivery))) => {
                     idle_polls = 0;
-                    out.push(delivery.event.seq);
+                    socket.write_all(&delivery.frame);
+                    continue;
                 }
                 Poll::Ready(_) => return None,
-                // Nothing for the client now: the tail moves on.
-                Poll::Pending if taken < stream.len() => {
-                    take_in(taken);
-                    taken += 1;
+                Poll::Pending => {
+                    // The tail may take in an event between the feed's answer and the arming.
+                    if steps.next().unwrap_or(false) && taken < stream.len() {
+                        take_in(taken);
+                        taken += 1;
+                    }
+                    feed.arm();
                 }
-                Poll::Pending => idle_polls += 1,
             }
-            if out.len() > want {
-                break;
+            // Nothing for the client's task now: the tail moves on.
+            if taken < stream.len() {
+                take_in(taken);
+                taken += 1;
+            } else {
+                idle_polls += 1;
             }
         }
         drop(feed);
         assert_eq!(registry.clients(), 0, "the registration left with the feed");
-        Some(out)
+        let received = std::mem::take(&mut socket.lock().1);
+        Some(received)
     }
 
     proptest! {
@@ -334,19 +443,23 @@ mod tests {
             ..ProptestConfig::default()
         })]
         /// Whatever the interleaving of the tail and the client, the ring's size, the client's
-        /// backlog (overflows send it back to its cursor) and where its cursor is (in the ring
-        /// or before it), the feed yields every event of its subject after the cursor once,
-        /// ascending.
+        /// backlog (overflows send it back to its cursor), where its cursor is (in the ring
+        /// or before it) and what its socket takes of the tail's direct writes, the client
+        /// receives every event of its subject after the cursor once, ascending, each frame whole.
         #[test]
         fn every_event_after_the_cursor_exactly_once_ascending(s in scenario()) {
-            let want: Vec<u64> = s
+            let want: Vec<u8> = s
                 .mine
                 .iter()
                 .enumerate()
                 .filter(|(i, &mine)| mine && *i as u64 + 1 > s.cursor)
-                .map(|(i, _)| i as u64 + 1)
+                .flat_map(|(i, _)| {
+                    let event = RelayEvent::for_test(i as u64 + 1, MINE);
+                    Delivery::new(event).frame.to_vec()
+                })
                 .collect();
-            prop_assert_eq!(run(&s), Some(want));
+            let got = run(&s).map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+            prop_assert_eq!(got, Some(String::from_utf8_lossy(&want).into_owned()));
         }
     }
 }

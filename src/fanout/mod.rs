@@ -9,6 +9,7 @@
 
 mod catch_up;
 mod client;
+mod direct;
 mod handover;
 mod registry;
 mod ring;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 pub use client::SharedFeed;
+pub use direct::{DirectReport, FrameSocket};
 use handover::Sequenced;
 pub use tail::{LiveTail, TailSettings};
 
@@ -143,6 +145,31 @@ impl Fanout {
 pub enum ClientFeed {
     Consumer(Box<EventFeed>),
     Shared(SharedFeed),
+}
+
+impl ClientFeed {
+    /// Lets the live tail write this client's events to `socket` while the reader waits; only
+    /// shared mode does (see [`SharedFeed::write_directly`] for what the reader must do).
+    pub fn write_directly(&self, socket: Arc<dyn FrameSocket>, live_after: u64) {
+        if let ClientFeed::Shared(feed) = self {
+            feed.write_directly(socket, live_after);
+        }
+    }
+
+    /// The reader has written everything and waits.
+    pub fn arm(&self) {
+        if let ClientFeed::Shared(feed) = self {
+            feed.arm();
+        }
+    }
+
+    /// The reader takes its socket back; `None` without direct writes.
+    pub fn disarm(&self) -> Option<DirectReport> {
+        match self {
+            ClientFeed::Shared(feed) => feed.disarm(),
+            ClientFeed::Consumer(_) => None,
+        }
+    }
 }
 
 impl Stream for ClientFeed {

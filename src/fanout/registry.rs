@@ -4,8 +4,10 @@
 //! every later event reaches its queue.
 //!
 //! The registry is a slab per subject: a client registers and leaves in O(1), so a mass
-//! disconnect costs linear time. Clients are woken after the lock is released, and only when
-//! their queue goes from empty to not empty (a client with queued events is already on its way).
+//! disconnect costs linear time. A client waiting idle on a socket the tail may write gets its
+//! events written there directly (`direct.rs`) and is not woken at all; the others are woken
+//! after the lock is released, and only when their queue goes from empty to not empty (a client
+//! with queued events is already on its way).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +18,11 @@ use futures::task::AtomicWaker;
 use metrics::counter;
 use slab::Slab;
 
+use super::direct::{DirectOut, DirectReport, FrameSocket, Tally, Written};
 use super::ring::Ring;
 use super::{Delivery, TailSettings};
 use crate::jetstream::{StoreError, TimelineEvent};
+use crate::shedding::LiveLag;
 use crate::telemetry::metrics::{CLIENTS_LAGGED, RING_HITS, RING_MISSES};
 
 /// The tail's shared state and its clients; see the module's documentation.
@@ -26,6 +30,8 @@ pub(super) struct Registry {
     settings: TailSettings,
     state: Mutex<State>,
     next_slot: AtomicU64,
+    /// Where the tail's direct writes count their lag.
+    live_lag: Arc<LiveLag>,
 }
 
 struct State {
@@ -57,6 +63,8 @@ struct SlotQueue {
     lagged: bool,
     /// The stream was recreated: the client's cursor means nothing any more.
     closed: bool,
+    /// The client's socket, when the tail may write to it.
+    direct: Option<DirectOut>,
 }
 
 /// What a client finds in its queue.
@@ -84,15 +92,28 @@ impl Slot {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a live event; a full queue is emptied at once (the relay's memory does not wait
-    /// for a stalled socket) and the client marked lagging. Returns the client's waker when it
-    /// must be woken: its queue was empty (it may be parked on it).
-    fn offer(&self, delivery: &Arc<Delivery>) -> Option<Waker> {
+    /// Writes a live event to the client's socket if it waits idle on one (see `direct.rs`),
+    /// or queues it; a full queue is emptied at once (the relay's memory does not wait for a
+    /// stalled socket) and the client marked lagging. Returns the client's waker when it must be
+    /// woken: its queue was empty (it may be parked on it), or a frame was only partly written.
+    fn offer(&self, delivery: &Arc<Delivery>, tally: &mut Tally) -> Option<Waker> {
         let mut queue = self.queue();
         if queue.lagged {
             return None;
         }
         let was_empty = queue.events.is_empty();
+        if was_empty {
+            if let Some(direct) = &mut queue.direct {
+                match direct.try_deliver(delivery, tally) {
+                    Written::Whole => return None,
+                    Written::Part => {
+                        drop(queue);
+                        return self.waker.take();
+                    }
+                    Written::No => {}
+                }
+            }
+        }
         if queue.events.len() >= self.capacity {
             queue.events = VecDeque::new();
             queue.lagged = true;
@@ -109,7 +130,9 @@ impl Slot {
     }
 
     /// The next queued event, or word that the client lagged; pending while the queue is empty.
-    pub(super) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Queued> {
+    /// The client has been given everything up to `sent`: while it waits here the tail may
+    /// write later events to its socket.
+    pub(super) fn poll_next(&self, cx: &mut Context<'_>, sent: u64) -> Poll<Queued> {
         self.waker.register(cx.waker());
         let mut queue = self.queue();
         if queue.closed {
@@ -120,8 +143,40 @@ impl Slot {
         }
         match queue.events.pop_front() {
             Some(delivery) => Poll::Ready(Queued::Event(delivery)),
-            None => Poll::Pending,
+            None => {
+                if let Some(direct) = &mut queue.direct {
+                    direct.wait(sent);
+                }
+                Poll::Pending
+            }
         }
+    }
+
+    /// The tail may write this client's live events to `socket` while the client waits
+    /// (`live_after` as for its own deliveries).
+    pub(super) fn write_directly(&self, socket: Arc<dyn FrameSocket>, live_after: u64) {
+        self.queue().direct = Some(DirectOut::new(socket, live_after));
+    }
+
+    /// The client's task has written everything and goes idle: the tail may write from now on
+    /// if the feed waits on its empty queue.
+    pub(super) fn arm(&self) {
+        let mut queue = self.queue();
+        if queue.events.is_empty() && !queue.lagged && !queue.closed {
+            if let Some(direct) = &mut queue.direct {
+                direct.arm();
+            }
+        }
+    }
+
+    /// The client's task takes its socket back; what the tail did meanwhile.
+    pub(super) fn disarm(&self) -> Option<DirectReport> {
+        self.queue().direct.as_mut().map(DirectOut::disarm)
+    }
+
+    /// The highest sequence the tail wrote to the client's socket (0 if none).
+    pub(super) fn written_up_to(&self) -> u64 {
+        self.queue().direct.as_ref().map_or(0, DirectOut::sent)
     }
 
     /// Empties the queue and clears the lag (under the registry's lock: nothing arrives
@@ -137,6 +192,9 @@ impl Slot {
             let mut queue = self.queue();
             queue.events = VecDeque::new();
             queue.closed = true;
+            if let Some(direct) = &mut queue.direct {
+                direct.close();
+            }
         }
         self.waker.take()
     }
@@ -183,7 +241,7 @@ impl Drop for Wakers {
 }
 
 impl Registry {
-    pub(super) fn new(settings: TailSettings) -> Self {
+    pub(super) fn new(settings: TailSettings, live_lag: Arc<LiveLag>) -> Self {
         Self {
             settings,
             state: Mutex::new(State {
@@ -193,6 +251,7 @@ impl Registry {
                 stream_created: None,
             }),
             next_slot: AtomicU64::new(1),
+            live_lag,
         }
     }
 
@@ -286,26 +345,31 @@ impl Registry {
         }
     }
 
-    /// One event from the firehose: into the ring, then to the queue of every local client of
-    /// its subject, under the lock a (re-)registering client takes to note the tail position.
-    /// Clients are woken once the lock is released.
+    /// One event from the firehose: into the ring, then to every local client of its subject
+    /// (written to its socket, or queued), under the lock a (re-)registering client takes to
+    /// note the tail position. Clients are woken, and direct writes counted, once the lock is
+    /// released.
     pub(super) fn take_in(&self, delivery: Arc<Delivery>) {
         // Declared first, so dropped last: after the lock.
         let mut wake = Wakers::default();
-        let mut state = self.lock();
-        if delivery.event.seq <= state.last_seq {
-            // Already taken in by a bridge read (or a re-created consumer replaying).
-            return;
-        }
-        state.last_seq = delivery.event.seq;
-        if let Some(ring) = &mut state.ring {
-            ring.push(delivery.clone());
-        }
-        if let Some(slots) = state.clients.get(delivery.event.subject.as_str()) {
-            for (_, slot) in slots {
-                wake.0.extend(slot.offer(&delivery));
+        let mut tally = Tally::default();
+        {
+            let mut state = self.lock();
+            if delivery.event.seq <= state.last_seq {
+                // Already taken in by a bridge read (or a re-created consumer replaying).
+                return;
+            }
+            state.last_seq = delivery.event.seq;
+            if let Some(ring) = &mut state.ring {
+                ring.push(delivery.clone());
+            }
+            if let Some(slots) = state.clients.get(delivery.event.subject.as_str()) {
+                for (_, slot) in slots {
+                    wake.0.extend(slot.offer(&delivery, &mut tally));
+                }
             }
         }
+        tally.report(&self.live_lag);
     }
 
     /// Re-registers a client at the tail's current position: its queue is emptied (everything

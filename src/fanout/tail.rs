@@ -21,6 +21,7 @@ use super::client::SharedFeed;
 use super::registry::Registry;
 use super::Delivery;
 use crate::jetstream::{EventStore, FeedError, StartPlan, StoreError, TimelineEvent, TimelinePage};
+use crate::shedding::LiveLag;
 use crate::subject::{ResumePoint, Subject, SubjectSet};
 use crate::telemetry::metrics::{LIVE_SOURCES, RING_HITS, RING_MISSES};
 
@@ -94,12 +95,13 @@ enum StreamCheck {
 }
 
 impl LiveTail {
-    pub fn new(store: EventStore, settings: TailSettings) -> Self {
+    /// A tail over `store`; its direct writes count their lag in `live_lag`.
+    pub fn new(store: EventStore, settings: TailSettings, live_lag: Arc<LiveLag>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pages: Arc::new(store.clone()),
                 store,
-                registry: Arc::new(Registry::new(settings)),
+                registry: Arc::new(Registry::new(settings, live_lag)),
             }),
         }
     }

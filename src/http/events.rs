@@ -12,23 +12,27 @@ use bytes::Bytes;
 use super::admission;
 use super::error::ApiError;
 use super::extract::{resume_point, PathKey, QueryPairs};
+use super::lean::LeanSocket;
 use super::stream_body::{BodySettings, OpenConnection, SseBody};
 use super::AppState;
 use crate::jetstream::Opening;
 use crate::sse;
 use crate::subject::{Subject, SubjectSet};
+use crate::telemetry;
 
 pub async fn deployment_events(
     State(state): State<AppState>,
     PathKey(key): PathKey,
     query: QueryPairs,
     headers: HeaderMap,
+    socket: LeanSocket,
 ) -> Result<Response, ApiError> {
     open_stream(
         state,
         SubjectSet::one(Subject::deployment(key)),
         &query,
         &headers,
+        socket,
     )
     .await
 }
@@ -38,12 +42,14 @@ pub async fn pavilion_events(
     PathKey(key): PathKey,
     query: QueryPairs,
     headers: HeaderMap,
+    socket: LeanSocket,
 ) -> Result<Response, ApiError> {
     open_stream(
         state,
         SubjectSet::one(Subject::pavilion(key)),
         &query,
         &headers,
+        socket,
     )
     .await
 }
@@ -52,9 +58,10 @@ pub async fn multi_events(
     State(state): State<AppState>,
     query: QueryPairs,
     headers: HeaderMap,
+    socket: LeanSocket,
 ) -> Result<Response, ApiError> {
     let subjects = query.subject_set()?;
-    open_stream(state, subjects, &query, &headers).await
+    open_stream(state, subjects, &query, &headers, socket).await
 }
 
 /// What every SSE endpoint does once it knows its subjects: admission, then the response body.
@@ -63,6 +70,7 @@ async fn open_stream(
     subjects: SubjectSet,
     query: &QueryPairs,
     headers: &HeaderMap,
+    LeanSocket(socket): LeanSocket,
 ) -> Result<Response, ApiError> {
     let resume = resume_point(headers, query)?;
     let follow_presence = query.flag("presence")?;
@@ -98,6 +106,10 @@ async fn open_stream(
         ticket: state.streams.register(),
         presence: presence_frames,
     };
+    // With spans exported, every delivery opens one in the connection's task: no direct writes.
+    if let (Some(socket), false) = (socket, telemetry::exporting()) {
+        opened.feed.write_directly(socket, opened.live_after);
+    }
     let body = SseBody::new(first, opened.feed, open, settings);
 
     let mut response = Body::new(body).into_response();

@@ -13,16 +13,19 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version};
 use axum::Router;
 use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tower::ServiceExt;
 
 use super::stall::StallGuardedStream;
@@ -42,6 +45,28 @@ pub enum First {
     Closed,
 }
 
+/// The socket of a request served on the lean path, which writes every frame the SSE body yields
+/// before polling it again: the one kind of connection whose socket the live tail may write to
+/// while the body waits (`crate::fanout`'s direct writes). `None` on hyper's connections.
+pub struct LeanSocket(pub Option<Arc<TcpStream>>);
+
+/// The request extension that carries it.
+#[derive(Clone)]
+struct LeanConnection(Arc<TcpStream>);
+
+impl<S: Send + Sync> FromRequestParts<S> for LeanSocket {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(LeanSocket(
+            parts
+                .extensions
+                .get::<LeanConnection>()
+                .map(|c| c.0.clone()),
+        ))
+    }
+}
+
 /// Reads the first request head, within `timeout`.
 pub async fn first_request(
     stream: &mut StallGuardedStream,
@@ -59,10 +84,15 @@ pub async fn first_request(
         let mut parsed = httparse::Request::new(&mut headers);
         match parsed.parse(&read) {
             Ok(httparse::Status::Complete(length)) => {
-                return match stream_request(&parsed, length == read.len(), peer) {
-                    Some(request) => First::Stream(Box::new(request)),
+                let request = stream_request(&parsed, length == read.len(), peer);
+                return match request {
+                    Some(mut request) => {
+                        let socket = LeanConnection(stream.socket().clone());
+                        request.extensions_mut().insert(socket);
+                        First::Stream(Box::new(request))
+                    }
                     None => First::Other(read.freeze()),
-                }
+                };
             }
             Ok(httparse::Status::Partial) if read.len() < MAX_HEAD => {}
             // Too long or malformed: hyper gives the usual error.

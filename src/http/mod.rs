@@ -67,6 +67,7 @@ impl AppState {
         config: Arc<Config>,
         fanout: Fanout,
         readiness: Arc<Readiness>,
+        live_lag: Arc<LiveLag>,
     ) -> Result<Self, ConfigError> {
         let authorizer = Arc::new(auth::Authorizer::from_config(&config)?);
         let address_header = (!config.client_address_header.is_empty())
@@ -82,7 +83,7 @@ impl AppState {
             poll_rate,
             limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_key),
             streams: OpenStreams::new(config.max_connection_age),
-            live_lag: Arc::new(LiveLag::new(config.shed_lag)),
+            live_lag,
             presence: config
                 .presence
                 .then(|| Presence::new(fanout.store().replica_id(), config.presence_interval)),

@@ -9,7 +9,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::serve::Listener;
@@ -41,7 +42,7 @@ impl Listener for StallGuardedListener {
         stream.set_nodelay(true).ok();
         (
             StallGuardedStream {
-                inner: stream,
+                inner: Arc::new(stream),
                 write_timeout: self.write_timeout,
                 stalled: None,
             },
@@ -56,8 +57,12 @@ impl Listener for StallGuardedListener {
 
 /// A TCP stream whose `poll_write`/`poll_flush` fail with `TimedOut` once they have been
 /// pending, without any progress, for the write timeout.
+///
+/// The socket is shared (`Arc`): in shared mode the live tail may write an event stream's frames
+/// to it itself while the connection's task waits (`crate::fanout`'s direct writes), so reads and
+/// writes here go through the socket's readiness and `try_*` calls, which need no `&mut`.
 pub struct StallGuardedStream {
-    inner: TcpStream,
+    inner: Arc<TcpStream>,
     write_timeout: Duration,
     /// Armed when a write first returns pending; cleared by any progress.
     stalled: Option<Pin<Box<Sleep>>>,
@@ -65,8 +70,29 @@ pub struct StallGuardedStream {
 
 impl StallGuardedStream {
     /// The TCP socket underneath (readiness and reads that need no `&mut`).
-    pub fn socket(&self) -> &TcpStream {
+    pub fn socket(&self) -> &Arc<TcpStream> {
         &self.inner
+    }
+
+    /// Runs a non-blocking socket call once the socket is ready for `write` (or read), until it
+    /// does not return `WouldBlock` (which clears the readiness, so the task is woken by the next).
+    fn poll_io<T>(
+        &self,
+        cx: &mut Context<'_>,
+        write: bool,
+        mut io: impl FnMut(&TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            if write {
+                ready!(self.inner.poll_write_ready(cx))?;
+            } else {
+                ready!(self.inner.poll_read_ready(cx))?;
+            }
+            match io(&self.inner) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
     }
 
     fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
@@ -94,11 +120,13 @@ impl StallGuardedStream {
 
 impl AsyncRead for StallGuardedStream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let read = ready!(self.poll_io(cx, false, |s| s.try_read(buf.initialize_unfilled())))?;
+        buf.advance(read);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -108,7 +136,7 @@ impl AsyncWrite for StallGuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let poll = self.poll_io(cx, true, |s| s.try_write(buf));
         self.check(cx, poll)
     }
 
@@ -117,7 +145,7 @@ impl AsyncWrite for StallGuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let poll = self.poll_io(cx, true, |s| s.try_write_vectored(bufs));
         self.check(cx, poll)
     }
 
@@ -125,12 +153,13 @@ impl AsyncWrite for StallGuardedStream {
         self.inner.is_write_vectored()
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.check(cx, poll)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A TCP socket has nothing of its own to flush.
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // What tokio's own `poll_shutdown` does: end the write side (never blocks).
+        Poll::Ready(socket2::SockRef::from(&*self.inner).shutdown(std::net::Shutdown::Write))
     }
 }

@@ -258,6 +258,16 @@ impl http_body::Body for SseBody {
         if this.done {
             return Poll::Ready(None);
         }
+        // The socket is this task's again (if the live tail had it): first what the tail began.
+        if let Some(report) = this.feed.disarm() {
+            this.open.events += report.written;
+            if let Some(at) = report.last_write {
+                this.last_frame = this.last_frame.max(at);
+            }
+            if let Some(rest) = report.rest {
+                return this.frame(rest);
+            }
+        }
         if let Some(frame) = this.first.pop_front() {
             return this.frame(frame);
         }
@@ -301,6 +311,9 @@ impl http_body::Body for SseBody {
             }
             this.idle.as_mut().reset(due);
         }
+        // Everything yielded so far has been written (on the lean path): the tail may write
+        // this client's next events itself while it waits.
+        this.feed.arm();
         Poll::Pending
     }
 }

@@ -59,6 +59,17 @@ impl LiveLag {
         }
     }
 
+    /// Adds `deliveries` live deliveries of one event, all `lag_seconds` late (the live tail's
+    /// direct writes, counted once per event).
+    pub fn add_many(&self, lag_seconds: f64, deliveries: u64) {
+        let mut counts = LagWindow::default();
+        self.classify(lag_seconds, &mut counts);
+        counts.live *= deliveries;
+        counts.over_half *= deliveries;
+        counts.over *= deliveries;
+        self.add(&mut counts);
+    }
+
     /// Adds a connection's counts (and clears them).
     pub fn add(&self, counts: &mut LagWindow) {
         if counts.live == 0 {
@@ -145,6 +156,17 @@ mod tests {
             }
         );
         assert_eq!(lag.take_window(), LagWindow::default(), "taken once");
+        lag.add_many(1.5, 4);
+        lag.add_many(0.5, 3);
+        assert_eq!(
+            lag.take_window(),
+            LagWindow {
+                live: 7,
+                over_half: 4,
+                over: 0
+            },
+            "one event's deliveries at once"
+        );
         let off = LiveLag::new(Duration::ZERO);
         assert_eq!(window(&off, &[1e9]).over, 0, "zero: never late");
     }

@@ -24,6 +24,7 @@ pub const RING_MISSES: &str = "relay_ring_misses_total";
 pub const CATCH_UP_PAGES: &str = "relay_catch_up_pages_total";
 pub const HANDOVERS: &str = "relay_handovers_total";
 pub const CLIENTS_LAGGED: &str = "relay_clients_lagged_total";
+pub const EVENTS_WRITTEN_DIRECTLY: &str = "relay_events_written_directly_total";
 pub const STREAMS_SHED: &str = "relay_streams_shed_total";
 pub const LIVE_LAG: &str = "relay_live_lag_seconds";
 pub const MAX_CONNECTIONS: &str = "relay_max_connections";
@@ -163,6 +164,10 @@ fn describe() {
         CLIENTS_LAGGED,
         "Shared mode: times a client fell a whole backlog behind the live tail and went back to catch-up"
     );
+    describe_counter!(
+        EVENTS_WRITTEN_DIRECTLY,
+        "Shared mode: deliveries the live tail wrote to an idle client's socket itself (also counted in relay_events_delivered_total)"
+    );
     for kind in ["deployment", "pavilion", "multi"] {
         gauge!(CONNECTIONS, "kind" => kind).set(0.0);
     }
@@ -190,6 +195,7 @@ fn describe() {
         CATCH_UP_PAGES,
         HANDOVERS,
         CLIENTS_LAGGED,
+        EVENTS_WRITTEN_DIRECTLY,
         PRESENCE_PUBLISHED,
         PRESENCE_RECEIVED,
     ] {

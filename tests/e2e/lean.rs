@@ -168,3 +168,44 @@ async fn half_a_head_is_cut_off_on_the_lean_path_too() {
     let _ = socket.write_all(b"Host: relay\r\n\r\n").await;
     let _ok = SseClient::connect(&relay.url("/v1/deployments/d-1/events"), None).await;
 }
+
+both_modes! {
+/// Clients reading while events of 16 KB flow: in shared mode the live tail writes to idle
+/// clients' sockets itself; every byte of every event arrives once, in order. Consumer mode has
+/// no direct writes. (Frames a socket takes only in part: `shared_fanout`'s fall-behind test.)
+async fn events_written_by_the_live_tail_arrive_whole_and_in_order(mode) {
+    const CLIENTS: usize = 6;
+    const EVENTS: usize = 300;
+    let nats = Nats::start().await;
+    let relay = Relay::start_in(mode, &nats.url(), &[]).await;
+    let publisher = Publisher::connect(&nats.url()).await;
+    let mut readers = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut client = NarrowReader::connect(relay.addr, "/v1/deployments/d-direct/events").await;
+        readers.push(tokio::spawn(async move { client.events(EVENTS).await }));
+    }
+    relay
+        .wait_metric(r#"relay_connections{kind="deployment"}"#, CLIENTS as f64)
+        .await;
+    let payload = |i: usize| format!("{i:08}{}", "y".repeat(16 * 1024 - 8));
+    let mut published = Vec::new();
+    for i in 0..EVENTS {
+        published.push(publisher.deploy("d-direct", &payload(i)).await);
+    }
+    let want: Vec<String> = (0..EVENTS).map(payload).collect();
+    for reader in readers {
+        let events = reader.await.expect("reader");
+        assert_eq!(ids(&events), published, "every event exactly once, in order");
+        let payloads: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        assert!(payloads == want, "every payload whole");
+    }
+    relay
+        .wait_metric("relay_events_delivered_total", (CLIENTS * EVENTS) as f64)
+        .await;
+    let direct = sample(&relay.metrics().await, "relay_events_written_directly_total");
+    match mode {
+        Fanout::Shared => assert!(direct >= 1.0, "no direct write: the test did not test them"),
+        Fanout::Consumer => assert_eq!(direct, 0.0),
+    }
+}
+}
