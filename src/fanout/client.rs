@@ -372,6 +372,7 @@ mod tests {
                 client_backlog: s.backlog,
             },
             Arc::new(crate::shedding::LiveLag::new(std::time::Duration::ZERO)),
+            0,
         ));
         registry.start_at(0, time::OffsetDateTime::UNIX_EPOCH);
         let take_in = |i: usize| registry.take_in(Arc::new(Delivery::new(stream[i].clone())));

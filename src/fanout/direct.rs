@@ -71,11 +71,16 @@ pub struct DirectReport {
 
 /// How a direct write went.
 pub(super) enum Written {
-    /// Not attempted or nothing taken: the event goes to the queue.
-    No,
     Whole,
     /// Partly: the rest waits for the task, which must be woken.
     Part,
+    /// The socket took nothing (full, or failed): the event stays queued for the task, which
+    /// must be woken.
+    Refused,
+    /// The tail may not write (the task has the socket): the task takes the event.
+    NotArmed,
+    /// The client has it already.
+    Already,
 }
 
 impl DirectOut {
@@ -119,17 +124,25 @@ impl DirectOut {
         self.sent
     }
 
+    /// Whether the tail may write now.
+    pub(super) fn armed(&self) -> bool {
+        self.armed
+    }
+
     /// Writes `delivery` to the socket if the tail may; see [`Written`].
     pub(super) fn try_deliver(&mut self, delivery: &Delivery, tally: &mut Tally) -> Written {
-        if !self.armed || delivery.event.seq <= self.sent {
-            return Written::No;
+        if !self.armed {
+            return Written::NotArmed;
+        }
+        if delivery.event.seq <= self.sent {
+            return Written::Already;
         }
         let frame = &delivery.frame;
         match self.socket.try_write(frame) {
             Ok(0) | Err(_) => {
                 // Full (or failed): the task writes it, under the stall guard, or sees the error.
                 self.armed = false;
-                Written::No
+                Written::Refused
             }
             Ok(n) => {
                 self.sent = delivery.event.seq;
@@ -146,46 +159,70 @@ impl DirectOut {
         }
     }
 
-    /// The stream ended for the client: the tail must not write any more.
-    pub(super) fn close(&mut self) {
+    /// The tail must not write any more (the stream ended for the client, or its queue
+    /// overflowed): the task takes over.
+    pub(super) fn stop(&mut self) {
         self.armed = false;
     }
 }
 
-/// The direct writes of one event, counted once for all of them: the delivered counter and the
-/// lag histograms as a client's task counts its own deliveries (`http::stream_body`).
-#[derive(Default)]
-pub(super) struct Tally {
-    /// When the first write was, and the event's lag then.
-    stamp: Option<(Instant, f64)>,
+/// Direct writes counted per event, for the delivered counter and the lag histograms as a
+/// client's task counts its own deliveries (`http::stream_body`); the lag is read once per event.
+pub(super) struct Tally<'a> {
+    live_lag: &'a LiveLag,
+    /// The event being counted: its sequence, when it was first written and its lag then.
+    current: Option<(u64, Instant, f64)>,
     all: u64,
     live: u64,
 }
 
-impl Tally {
+impl<'a> Tally<'a> {
+    pub(super) fn new(live_lag: &'a LiveLag) -> Self {
+        Self {
+            live_lag,
+            current: None,
+            all: 0,
+            live: 0,
+        }
+    }
+
     fn count(&mut self, delivery: &Delivery, live: bool) -> Instant {
-        let (now, _) = *self.stamp.get_or_insert_with(|| {
+        let seq = delivery.event.seq;
+        if self.current.is_some_and(|(counted, _, _)| counted != seq) {
+            self.flush();
+        }
+        let (_, now, _) = *self.current.get_or_insert_with(|| {
             let lag = (time::OffsetDateTime::now_utc() - delivery.event.published)
                 .as_seconds_f64()
                 .max(0.0);
-            (Instant::now(), lag)
+            (seq, Instant::now(), lag)
         });
         self.all += 1;
         self.live += u64::from(live);
         now
     }
 
-    /// Adds the counts to the replica's metrics and live lag.
-    pub(super) fn report(self, live_lag: &LiveLag) {
-        let Some((_, lag)) = self.stamp else {
+    /// Adds the current event's counts to the replica's metrics and live lag.
+    fn flush(&mut self) {
+        let Some((_, _, lag)) = self.current.take() else {
             return;
         };
-        counter!(EVENTS_DELIVERED).increment(self.all);
-        counter!(EVENTS_WRITTEN_DIRECTLY).increment(self.all);
-        histogram!(DELIVERY_LAG).record_many(lag, self.all as usize);
-        if self.live > 0 {
-            histogram!(LIVE_LAG).record_many(lag, self.live as usize);
-            live_lag.add_many(lag, self.live);
+        let (all, live) = (
+            std::mem::take(&mut self.all),
+            std::mem::take(&mut self.live),
+        );
+        counter!(EVENTS_DELIVERED).increment(all);
+        counter!(EVENTS_WRITTEN_DIRECTLY).increment(all);
+        histogram!(DELIVERY_LAG).record_many(lag, all as usize);
+        if live > 0 {
+            histogram!(LIVE_LAG).record_many(lag, live as usize);
+            self.live_lag.add_many(lag, live);
         }
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }

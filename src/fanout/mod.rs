@@ -14,6 +14,7 @@ mod handover;
 mod registry;
 mod ring;
 mod tail;
+mod writers;
 
 use std::pin::Pin;
 use std::sync::Arc;

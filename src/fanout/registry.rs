@@ -20,6 +20,7 @@ use slab::Slab;
 
 use super::direct::{DirectOut, DirectReport, FrameSocket, Tally, Written};
 use super::ring::Ring;
+use super::writers::{DirectWriters, WriteQueued};
 use super::{Delivery, TailSettings};
 use crate::jetstream::{StoreError, TimelineEvent};
 use crate::shedding::LiveLag;
@@ -30,8 +31,8 @@ pub(super) struct Registry {
     settings: TailSettings,
     state: Mutex<State>,
     next_slot: AtomicU64,
-    /// Where the tail's direct writes count their lag.
-    live_lag: Arc<LiveLag>,
+    /// Who writes idle clients' queues to their sockets.
+    writers: DirectWriters<Slot>,
 }
 
 struct State {
@@ -76,6 +77,16 @@ pub(super) enum Queued {
     Closed,
 }
 
+/// What offering an event to a client's queue calls for.
+enum Offered {
+    /// Nothing more: the client is on its way to its queue, or lagged.
+    Queued,
+    /// Wake the client: its queue was empty, or it overflowed.
+    Wake(Waker),
+    /// Write the client's queue to its socket (it waits idle on it).
+    Write,
+}
+
 /// Where a (re-)registered client stands.
 pub(super) enum Resync {
     /// The ring covers its cursor: these are its events up to the tail position.
@@ -92,40 +103,34 @@ impl Slot {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes a live event to the client's socket if it waits idle on one (see `direct.rs`),
-    /// or queues it; a full queue is emptied at once (the relay's memory does not wait for a
-    /// stalled socket) and the client marked lagging. Returns the client's waker when it must be
-    /// woken: its queue was empty (it may be parked on it), or a frame was only partly written.
-    fn offer(&self, delivery: &Arc<Delivery>, tally: &mut Tally) -> Option<Waker> {
+    /// Queues a live event; a full queue is emptied at once (the relay's memory does not wait
+    /// for a stalled socket) and the client marked lagging. A client waiting idle on a socket the
+    /// tail may write is not woken: its queue is to be written there ([`Slot::write_queued`]).
+    fn offer(&self, delivery: &Arc<Delivery>) -> Offered {
         let mut queue = self.queue();
         if queue.lagged {
-            return None;
+            return Offered::Queued;
         }
         let was_empty = queue.events.is_empty();
-        if was_empty {
-            if let Some(direct) = &mut queue.direct {
-                match direct.try_deliver(delivery, tally) {
-                    Written::Whole => return None,
-                    Written::Part => {
-                        drop(queue);
-                        return self.waker.take();
-                    }
-                    Written::No => {}
-                }
-            }
-        }
         if queue.events.len() >= self.capacity {
             queue.events = VecDeque::new();
             queue.lagged = true;
+            if let Some(direct) = &mut queue.direct {
+                direct.stop();
+            }
             counter!(CLIENTS_LAGGED).increment(1);
-        } else {
-            queue.events.push_back(delivery.clone());
+            drop(queue);
+            return self.waker.take().map_or(Offered::Queued, Offered::Wake);
+        }
+        queue.events.push_back(delivery.clone());
+        if queue.direct.as_ref().is_some_and(DirectOut::armed) {
+            return Offered::Write;
         }
         drop(queue);
-        if was_empty {
-            self.waker.take()
-        } else {
-            None
+        match self.waker.take() {
+            // Its queue was empty: it may be parked on it.
+            Some(waker) if was_empty => Offered::Wake(waker),
+            _ => Offered::Queued,
         }
     }
 
@@ -193,9 +198,39 @@ impl Slot {
             queue.events = VecDeque::new();
             queue.closed = true;
             if let Some(direct) = &mut queue.direct {
-                direct.close();
+                direct.stop();
             }
         }
+        self.waker.take()
+    }
+}
+
+impl WriteQueued for Slot {
+    /// Writes the queued events to the client's socket while the tail may (see `direct.rs`);
+    /// the client's waker when its task must take over: the socket took a frame only in part,
+    /// or nothing.
+    fn write_queued(&self, tally: &mut Tally<'_>) -> Option<Waker> {
+        let mut queue = self.queue();
+        let SlotQueue { events, direct, .. } = &mut *queue;
+        let direct = direct.as_mut()?;
+        while let Some(delivery) = events.front() {
+            match direct.try_deliver(delivery, tally) {
+                Written::Whole | Written::Already => {
+                    events.pop_front();
+                }
+                Written::Part => {
+                    events.pop_front();
+                    break;
+                }
+                Written::Refused => break,
+                // The task has the socket, and takes the queue too.
+                Written::NotArmed => return None,
+            }
+        }
+        if events.is_empty() && direct.armed() {
+            return None;
+        }
+        drop(queue);
         self.waker.take()
     }
 }
@@ -241,7 +276,9 @@ impl Drop for Wakers {
 }
 
 impl Registry {
-    pub(super) fn new(settings: TailSettings, live_lag: Arc<LiveLag>) -> Self {
+    /// A registry whose direct writes are shared by the taking-in thread and `helpers` threads
+    /// of their own, and count their lag in `live_lag`.
+    pub(super) fn new(settings: TailSettings, live_lag: Arc<LiveLag>, helpers: usize) -> Self {
         Self {
             settings,
             state: Mutex::new(State {
@@ -251,7 +288,7 @@ impl Registry {
                 stream_created: None,
             }),
             next_slot: AtomicU64::new(1),
-            live_lag,
+            writers: DirectWriters::new(live_lag, helpers),
         }
     }
 
@@ -345,14 +382,14 @@ impl Registry {
         }
     }
 
-    /// One event from the firehose: into the ring, then to every local client of its subject
-    /// (written to its socket, or queued), under the lock a (re-)registering client takes to
-    /// note the tail position. Clients are woken, and direct writes counted, once the lock is
-    /// released.
+    /// One event from the firehose: into the ring, then to the queue of every local client of
+    /// its subject, under the lock a (re-)registering client takes to note the tail position.
+    /// Once the lock is released, clients are woken and the queues of clients waiting idle on
+    /// their sockets are written there, shared among the direct writers.
     pub(super) fn take_in(&self, delivery: Arc<Delivery>) {
         // Declared first, so dropped last: after the lock.
         let mut wake = Wakers::default();
-        let mut tally = Tally::default();
+        let mut write = Vec::new();
         {
             let mut state = self.lock();
             if delivery.event.seq <= state.last_seq {
@@ -365,11 +402,15 @@ impl Registry {
             }
             if let Some(slots) = state.clients.get(delivery.event.subject.as_str()) {
                 for (_, slot) in slots {
-                    wake.0.extend(slot.offer(&delivery, &mut tally));
+                    match slot.offer(&delivery) {
+                        Offered::Queued => {}
+                        Offered::Wake(waker) => wake.0.push(waker),
+                        Offered::Write => write.push(slot.clone()),
+                    }
                 }
             }
         }
-        tally.report(&self.live_lag);
+        self.writers.write(write, &mut wake.0);
     }
 
     /// Re-registers a client at the tail's current position: its queue is emptied (everything

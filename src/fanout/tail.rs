@@ -94,6 +94,14 @@ enum StreamCheck {
     Stalled,
 }
 
+/// Helper threads for direct writes: one per core beyond the first, at most three.
+fn direct_helpers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .saturating_sub(1)
+        .min(3)
+}
+
 impl LiveTail {
     /// A tail over `store`; its direct writes count their lag in `live_lag`.
     pub fn new(store: EventStore, settings: TailSettings, live_lag: Arc<LiveLag>) -> Self {
@@ -101,7 +109,7 @@ impl LiveTail {
             inner: Arc::new(Inner {
                 pages: Arc::new(store.clone()),
                 store,
-                registry: Arc::new(Registry::new(settings, live_lag)),
+                registry: Arc::new(Registry::new(settings, live_lag, direct_helpers())),
             }),
         }
     }
