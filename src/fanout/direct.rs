@@ -1,11 +1,11 @@
 //! Direct writes: while a client's task waits — nothing queued, nothing of its own left to
-//! write — the live tail writes the client's next frames to its socket itself, one non-blocking
-//! write each, instead of queueing every event and waking the task for it. A delivery then costs
-//! what the socket write costs, as in the benchmark's floor.
+//! write — the live tail's writers (`writers.rs`) write the client's next frames to its socket
+//! themselves, one non-blocking write each, instead of waking the task for every event. A
+//! delivery then costs what the socket write costs, as in the benchmark's floor.
 //!
 //! The socket has one writer at a time. The client's task gives it to the tail when it goes idle
 //! ([`DirectOut::arm`]) and takes it back first thing whenever it wakes ([`DirectOut::disarm`]),
-//! both under the client's queue lock, which the tail holds while it writes. A write the socket
+//! both under the client's queue lock, which a writer holds while it writes. A write the socket
 //! does not take whole (`WouldBlock`, a short write, an error) hands the socket back: the event
 //! (or the rest of its frame) is left for the task, which is woken and writes it with the usual
 //! stall guard. Exactness and order are the hand-over's: the tail writes only above the cursor the

@@ -4,10 +4,11 @@
 //! every later event reaches its queue.
 //!
 //! The registry is a slab per subject: a client registers and leaves in O(1), so a mass
-//! disconnect costs linear time. A client waiting idle on a socket the tail may write gets its
-//! events written there directly (`direct.rs`) and is not woken at all; the others are woken
-//! after the lock is released, and only when their queue goes from empty to not empty (a client
-//! with queued events is already on its way).
+//! disconnect costs linear time. A client waiting idle on a socket the tail may write is not
+//! woken at all: once the lock is released its queue is written there (`direct.rs`), by the
+//! taking-in thread or a helper (`writers.rs`). The others are woken after the lock is released,
+//! and only when their queue goes from empty to not empty (a client with queued events is
+//! already on its way).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
