@@ -187,17 +187,9 @@ async fn events_written_by_the_live_tail_arrive_whole_and_in_order(mode) {
     relay
         .wait_metric(r#"relay_connections{kind="deployment"}"#, CLIENTS as f64)
         .await;
-    let payload = |i: usize| format!("{i:08}{}", "y".repeat(16 * 1024 - 8));
-    let mut published = Vec::new();
-    for i in 0..EVENTS {
-        published.push(publisher.deploy("d-direct", &payload(i)).await);
-    }
-    let want: Vec<String> = (0..EVENTS).map(payload).collect();
+    let (published, payloads) = publish_sized(&publisher, "d-direct", EVENTS, 16 * 1024).await;
     for reader in readers {
-        let events = reader.await.expect("reader");
-        assert_eq!(ids(&events), published, "every event exactly once, in order");
-        let payloads: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-        assert!(payloads == want, "every payload whole");
+        assert_received(&reader.await.expect("reader"), &published, &payloads);
     }
     relay
         .wait_metric("relay_events_delivered_total", (CLIENTS * EVENTS) as f64)

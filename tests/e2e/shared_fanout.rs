@@ -178,20 +178,12 @@ async fn clients_that_fall_behind_catch_up_from_their_cursor() {
         .await;
     // 24 KB each: 9.6 MB per client, more than its socket holds (the relay's send buffer
     // grows to 4 MiB at most, tcp_wmem's default).
-    let payload = |i: usize| format!("{i:08}{}", "x".repeat(24 * 1024 - 8));
-    let mut published = Vec::new();
-    for i in 0..EVENTS {
-        published.push(publisher.deploy("d-lag", &payload(i)).await);
-    }
+    let (published, payloads) = publish_sized(&publisher, "d-lag", EVENTS, 24 * 1024).await;
     let readers = clients
         .iter_mut()
         .map(|client| async move { client.events(EVENTS).await });
-    let received = futures::future::join_all(readers).await;
-    let want: Vec<String> = (0..EVENTS).map(payload).collect();
-    for events in &received {
-        assert_eq!(ids(events), published, "every event exactly once, in order");
-        let payloads: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-        assert_eq!(payloads, want);
+    for events in futures::future::join_all(readers).await {
+        assert_received(&events, &published, &payloads);
     }
     let m = relay.metrics().await;
     let lagged = sample_opt(&m, "relay_clients_lagged_total").expect("relay_clients_lagged_total");

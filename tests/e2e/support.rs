@@ -344,3 +344,35 @@ impl NarrowReader {
         out
     }
 }
+
+/// Publishes `count` events of `size` bytes to `deploy.<id>` (each begins with its number);
+/// their sequences and payloads.
+pub async fn publish_sized(
+    publisher: &Publisher,
+    id: &str,
+    count: usize,
+    size: usize,
+) -> (Vec<u64>, Vec<String>) {
+    let payloads: Vec<String> = (0..count)
+        .map(|i| format!("{i:08}{}", "x".repeat(size - 8)))
+        .collect();
+    let mut published = Vec::with_capacity(count);
+    for payload in &payloads {
+        published.push(publisher.deploy(id, payload).await);
+    }
+    (published, payloads)
+}
+
+/// `received` is exactly the events `published` (ids, in order, once each) with `payloads`.
+pub fn assert_received(received: &[SseEvent], published: &[u64], payloads: &[String]) {
+    assert_eq!(
+        ids(received),
+        published,
+        "every event exactly once, in order"
+    );
+    // Not assert_eq!: the payloads are large.
+    assert!(
+        received.iter().map(|e| &e.data).eq(payloads.iter()),
+        "every payload whole"
+    );
+}
