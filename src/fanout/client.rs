@@ -321,6 +321,8 @@ mod tests {
     struct Socket {
         takes: Vec<Take>,
         state: std::sync::Mutex<(usize, Vec<u8>)>,
+        /// Writes made by a helper thread of the registry's writers.
+        by_helper: std::sync::atomic::AtomicUsize,
     }
 
     impl Socket {
@@ -335,6 +337,13 @@ mod tests {
 
     impl FrameSocket for Socket {
         fn try_write(&self, frame: &[u8]) -> std::io::Result<usize> {
+            if std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("direct-writer"))
+            {
+                self.by_helper
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let mut state = self.lock();
             let take = self.takes[state.0 % self.takes.len()];
             state.0 += 1;
@@ -386,6 +395,7 @@ mod tests {
         let socket = Arc::new(Socket {
             takes: s.socket.clone().unwrap_or_default(),
             state: Default::default(),
+            by_helper: Default::default(),
         });
         if s.socket.is_some() {
             feed.write_directly(socket.clone(), s.cursor);
@@ -434,6 +444,73 @@ mod tests {
         assert_eq!(registry.clients(), 0, "the registration left with the feed");
         let received = std::mem::take(&mut socket.lock().1);
         Some(received)
+    }
+
+    /// Many idle clients, their events written by the taking-in thread and a helper thread at
+    /// once (shares of one event's clients): every socket gets every frame once, in order.
+    #[test]
+    fn shared_out_direct_writes_keep_every_socket_in_order() {
+        const CLIENTS: usize = 64;
+        const EVENTS: u64 = 300;
+        let registry = Arc::new(Registry::new(
+            TailSettings {
+                ring_events: 16,
+                ring_bytes: usize::MAX,
+                client_backlog: 1000,
+            },
+            Arc::new(crate::shedding::LiveLag::new(std::time::Duration::ZERO)),
+            1,
+        ));
+        registry.start_at(0, time::OffsetDateTime::UNIX_EPOCH);
+        let pages = Arc::new(Stream {
+            events: Vec::new(),
+            page: 10,
+        });
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            let registration = registry.register(vec![MINE.to_owned()]).expect("started");
+            let mut feed = SharedFeed::new(registry.clone(), pages.clone(), registration, 0);
+            let socket = Arc::new(Socket {
+                takes: vec![Take::Whole],
+                state: Default::default(),
+                by_helper: Default::default(),
+            });
+            feed.write_directly(socket.clone(), 0);
+            assert!(feed.poll_next_unpin(&mut cx).is_pending());
+            feed.arm();
+            clients.push((feed, socket));
+        }
+        let mut want = Vec::new();
+        for seq in 1..=EVENTS {
+            let delivery = Delivery::new(RelayEvent::for_test(seq, MINE));
+            want.extend_from_slice(&delivery.frame);
+            registry.take_in(Arc::new(delivery));
+        }
+        // The helper writes its shares on its own thread: wait for them, boundedly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while clients.iter().any(|(_, s)| s.lock().1.len() < want.len()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "direct writes stalled"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        for (_, socket) in &clients {
+            assert!(
+                socket.lock().1 == want,
+                "a socket's frames out of order or repeated"
+            );
+        }
+        let by_helper: usize = clients
+            .iter()
+            .map(|(_, s)| s.by_helper.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        assert!(
+            by_helper > 0,
+            "the helper wrote nothing: the test did not test it"
+        );
     }
 
     proptest! {

@@ -411,6 +411,8 @@ impl Registry {
                 }
             }
         }
+        // Clients the writers do not write are woken first, not after every socket write.
+        wake.0.drain(..).for_each(Waker::wake);
         self.writers.write(write, &mut wake.0);
     }
 
