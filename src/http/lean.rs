@@ -18,8 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::request::Parts;
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version};
 use axum::Router;
 use bytes::{Bytes, BytesMut};
@@ -45,27 +44,12 @@ pub enum First {
     Closed,
 }
 
-/// The socket of a request served on the lean path, which writes every frame the SSE body yields
-/// before polling it again: the one kind of connection whose socket the live tail may write to
-/// while the body waits (`crate::fanout`'s direct writes). `None` on hyper's connections.
-pub struct LeanSocket(pub Option<Arc<TcpStream>>);
-
-/// The request extension that carries it.
+/// The socket of a request served on the lean path, a request extension: the lean path writes
+/// every frame the SSE body yields before polling it again, so its socket is the one kind the
+/// live tail may write to while the body waits (`crate::fanout`'s direct writes). Absent on
+/// hyper's connections; handlers take it as `Option<Extension<LeanSocket>>`.
 #[derive(Clone)]
-struct LeanConnection(Arc<TcpStream>);
-
-impl<S: Send + Sync> FromRequestParts<S> for LeanSocket {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(LeanSocket(
-            parts
-                .extensions
-                .get::<LeanConnection>()
-                .map(|c| c.0.clone()),
-        ))
-    }
-}
+pub struct LeanSocket(pub Arc<TcpStream>);
 
 /// Reads the first request head, within `timeout`.
 pub async fn first_request(
@@ -87,7 +71,7 @@ pub async fn first_request(
                 let request = stream_request(&parsed, length == read.len(), peer);
                 return match request {
                     Some(mut request) => {
-                        let socket = LeanConnection(stream.socket().clone());
+                        let socket = LeanSocket(stream.socket().clone());
                         request.extensions_mut().insert(socket);
                         First::Stream(Box::new(request))
                     }
