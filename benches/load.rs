@@ -108,8 +108,8 @@ mod processes;
 mod report;
 #[path = "common/rows.rs"]
 mod rows;
-#[path = "sse_client.rs"]
-mod sse_client;
+// The raw SSE client the tests use too.
+use sse_relay_testkit::raw_client as sse_client;
 #[path = "common/traffic.rs"]
 mod traffic;
 

@@ -321,6 +321,8 @@ mod tests {
     struct Socket {
         takes: Vec<Take>,
         state: std::sync::Mutex<(usize, Vec<u8>)>,
+        /// Notified on every write, for a test to wait on.
+        written: std::sync::Condvar,
         /// Writes made by a helper thread of the registry's writers.
         by_helper: std::sync::atomic::AtomicUsize,
     }
@@ -328,6 +330,7 @@ mod tests {
     impl Socket {
         fn write_all(&self, frame: &[u8]) {
             self.lock().1.extend_from_slice(frame);
+            self.written.notify_all();
         }
 
         fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Vec<u8>)> {
@@ -354,6 +357,7 @@ mod tests {
                 Take::Fails => return Err(std::io::ErrorKind::BrokenPipe.into()),
             };
             state.1.extend_from_slice(&frame[..n]);
+            self.written.notify_all();
             Ok(n)
         }
     }
@@ -395,6 +399,7 @@ mod tests {
         let socket = Arc::new(Socket {
             takes: s.socket.clone().unwrap_or_default(),
             state: Default::default(),
+            written: Default::default(),
             by_helper: Default::default(),
         });
         if s.socket.is_some() {
@@ -475,6 +480,7 @@ mod tests {
             let socket = Arc::new(Socket {
                 takes: vec![Take::Whole],
                 state: Default::default(),
+                written: Default::default(),
                 by_helper: Default::default(),
             });
             feed.write_directly(socket.clone(), 0);
@@ -489,17 +495,17 @@ mod tests {
             registry.take_in(Arc::new(delivery));
         }
         // The helper writes its shares on its own thread: wait for them, boundedly.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while clients.iter().any(|(_, s)| s.lock().1.len() < want.len()) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "direct writes stalled"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
         for (_, socket) in &clients {
+            let state = socket.lock();
+            let (state, waited) = socket
+                .written
+                .wait_timeout_while(state, std::time::Duration::from_secs(10), |s| {
+                    s.1.len() < want.len()
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            assert!(!waited.timed_out(), "direct writes stalled");
             assert!(
-                socket.lock().1 == want,
+                state.1 == want,
                 "a socket's frames out of order or repeated"
             );
         }

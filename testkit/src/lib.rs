@@ -12,6 +12,7 @@ pub mod nats;
 pub mod netns;
 pub mod process;
 pub mod publisher;
+pub mod raw_client;
 pub mod relay;
 pub mod sse;
 

@@ -1,4 +1,5 @@
-//! The benchmark's SSE client: HTTP/1.1 over a plain `TcpStream`, one task per connection.
+//! The benchmark's SSE client, which the tests use too where a client must control its socket
+//! (a small receive window): HTTP/1.1 over a plain `TcpStream`, one task per connection.
 //!
 //! The load generator shares two cores with the server it measures, so every microsecond it
 //! spends per event is taken from the relay. A general HTTP client (reqwest over hyper) runs a

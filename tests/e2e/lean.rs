@@ -181,7 +181,7 @@ async fn events_written_by_the_live_tail_arrive_whole_and_in_order(mode) {
     let publisher = Publisher::connect(&nats.url()).await;
     let mut readers = Vec::new();
     for _ in 0..CLIENTS {
-        let mut client = NarrowReader::connect(relay.addr, "/v1/deployments/d-direct/events").await;
+        let mut client = NarrowReader::connect(&relay, "/v1/deployments/d-direct/events").await;
         readers.push(tokio::spawn(async move { client.events(EVENTS).await }));
     }
     relay

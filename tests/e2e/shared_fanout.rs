@@ -171,7 +171,7 @@ async fn clients_that_fall_behind_catch_up_from_their_cursor() {
     let publisher = Publisher::connect(&nats.url()).await;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        clients.push(NarrowReader::connect(relay.addr, "/v1/deployments/d-lag/events").await);
+        clients.push(NarrowReader::connect(&relay, "/v1/deployments/d-lag/events").await);
     }
     relay
         .wait_metric(r#"relay_connections{kind="deployment"}"#, CLIENTS as f64)

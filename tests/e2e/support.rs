@@ -284,60 +284,43 @@ pub async fn read_until_closed(socket: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&received).into_owned()
 }
 
-/// An event stream read over a raw socket with a 4 KiB receive window: a reader that pauses
-/// fills its socket after a few frames, as a slow phone would, so the relay's writes to it
-/// come up short or would block (the live tail's direct writes stop there and the client's
-/// queue fills).
+/// An event stream read over a raw socket with a 4 KiB receive window (the benchmark's client,
+/// `raw_client`): a reader that pauses fills its socket after a few frames, as a slow phone
+/// would, so the relay's writes to it come up short or would block (the live tail's direct
+/// writes stop there and the client's queue fills).
 pub struct NarrowReader {
-    socket: tokio::net::TcpStream,
-    head: Option<Vec<u8>>,
+    stream: raw_client::SseStream,
     parser: SseParser,
 }
 
 impl NarrowReader {
-    /// Connects to `addr` and asks for `path`; reads nothing yet.
-    pub async fn connect(addr: std::net::SocketAddr, path: &str) -> NarrowReader {
-        use tokio::io::AsyncWriteExt;
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        let mut socket = socket.connect(addr).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n");
-        socket.write_all(request.as_bytes()).await.expect("request");
+    /// Opens `path` on `relay`; panics unless the answer is a 200. Reads no event yet.
+    pub async fn connect(relay: &Relay, path: &str) -> NarrowReader {
+        let dialer = raw_client::dialers()[0];
+        let stream = timeout(WAIT, dialer.open_with_recv_buffer(&relay.url(path), 4096))
+            .await
+            .expect("answer in time")
+            .expect("a 200 event stream");
         NarrowReader {
-            socket,
-            head: Some(Vec::new()),
+            stream,
             parser: SseParser::new(),
         }
     }
 
     /// The next `n` events (comments and retry advice skipped), each read in time; panics if
-    /// the answer is not a 200 or the stream ends first.
+    /// the stream ends first.
     pub async fn events(&mut self, n: usize) -> Vec<SseEvent> {
-        use tokio::io::AsyncReadExt;
         let mut out = Vec::with_capacity(n);
-        let mut chunk = vec![0u8; 4096];
         while out.len() < n {
-            if let Some(item) = self.parser.next_item() {
-                if let SseItem::Event(event) = item {
-                    out.push(event);
-                }
-                continue;
-            }
-            let read = tokio::time::timeout(WAIT, self.socket.read(&mut chunk))
-                .await
-                .expect("SSE bytes in time")
-                .expect("read");
-            assert!(read > 0, "the stream ended after {} events", out.len());
-            match &mut self.head {
-                None => self.parser.feed(&chunk[..read]),
-                Some(head) => {
-                    head.extend_from_slice(&chunk[..read]);
-                    if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                        assert!(head.starts_with(b"HTTP/1.1 200 "), "an SSE answer");
-                        let body = head.split_off(end + 4);
-                        self.head = None;
-                        self.parser.feed(&body);
-                    }
+            match self.parser.next_item() {
+                Some(SseItem::Event(event)) => out.push(event),
+                Some(_) => {}
+                None => {
+                    let chunk = timeout(WAIT, self.stream.chunk())
+                        .await
+                        .expect("SSE bytes in time");
+                    let chunk = chunk.unwrap_or_else(|| panic!("ended after {} events", out.len()));
+                    self.parser.feed(&chunk);
                 }
             }
         }
