@@ -38,6 +38,14 @@ pub struct ServerTooOld {
 /// How often the client pings a server that has sent nothing (`docs/api.md` §10).
 const PING_INTERVAL: Duration = Duration::from_secs(3);
 
+/// The size of each buffer the client reads NATS messages into. async-nats hands out a message's
+/// payload as a slice of that buffer, so a message still held (the events pulled for a client
+/// that stopped reading) keeps its whole buffer alive, shared with the messages read beside it:
+/// 4 KiB buffers instead of the default 32 KiB keep that near the message's own size (the
+/// benchmark's stuck consumer-mode readers: 59 → 39 KiB per connection). More read calls on the
+/// NATS socket are the cost; messages larger than a buffer still arrive whole.
+const READ_BUFFER_BYTES: u16 = 4096;
+
 /// Connects in the background and keeps reconnecting; returns at once even if no server is up
 /// yet, so the relay can start and report itself not ready. `on_event` sees every connection
 /// event (connected, disconnected, ...).
@@ -55,6 +63,7 @@ where
         // server tried: a path cut without a reset (a dead NAT entry, a partitioned node) is
         // noticed in about 9-12 s, before `RELAY_SHED_UNREACHABLE_AFTER` (15 s) sheds clients.
         .ping_interval(PING_INTERVAL)
+        .read_buffer_capacity(READ_BUFFER_BYTES)
         .reconnect_delay_callback(|attempts| {
             // 0, 100 ms, 200 ms, ... capped at 2 s: NATS restarts are noticed quickly.
             Duration::from_millis((attempts as u64 * 100).min(2000))
