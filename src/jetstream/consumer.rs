@@ -47,6 +47,40 @@ pub(super) fn client_pull_batch(messages: u64, bytes: u64) -> i64 {
         .clamp(fewest, most)
 }
 
+/// Re-sizes a client's pull from the events its consumer delivers. The stream's average, read
+/// when the client opened, can be far off (an empty stream, or other subjects' events of another
+/// size), and what a client that stops reading holds is its pulls' worth of its own events.
+///
+/// Events are counted in windows of one pull. At a window's end the pull is re-sized when the
+/// window's average asks for half the batch or less, or four times it or more (so it does not
+/// swing); a window whose events already pass twice [`CLIENT_PULL_BYTES`] is judged early, once
+/// it holds a few events, so a client that never reads is not left holding big pulls.
+#[derive(Debug, Default)]
+pub(super) struct PullSizing {
+    events: u64,
+    bytes: u64,
+}
+
+/// The fewest events a window is judged on before its end.
+const EARLY_JUDGEMENT_EVENTS: u64 = 4;
+
+impl PullSizing {
+    /// Notes an event of `bytes` delivered under a pull of `batch`; the batch to re-create the
+    /// consumer with, if it should change.
+    pub(super) fn delivered(&mut self, batch: i64, bytes: usize) -> Option<i64> {
+        self.events += 1;
+        self.bytes = self.bytes.saturating_add(bytes as u64);
+        let window = u64::try_from(batch).unwrap_or(1).max(1);
+        let over = self.bytes > 2 * CLIENT_PULL_BYTES && self.events >= EARLY_JUDGEMENT_EVENTS;
+        if self.events < window && !over {
+            return None;
+        }
+        let fits = client_pull_batch(self.events, self.bytes);
+        *self = PullSizing::default();
+        (fits * 2 <= batch || fits >= batch.saturating_mul(4)).then_some(fits)
+    }
+}
+
 /// A client's longest pull: bounds the idle heartbeat to half of it, so a consumer lost with its
 /// server is noticed (two missed heartbeats) within about this long even when no other signal
 /// arrives.
@@ -288,5 +322,42 @@ mod tests {
             2,
             "100 KiB events: the fewest"
         );
+    }
+
+    /// Feeds `sizes` to a fresh sizing under `batch`, applying each re-size; the batches taken.
+    fn resized(mut batch: i64, sizes: impl IntoIterator<Item = usize>) -> Vec<i64> {
+        let mut sizing = PullSizing::default();
+        let mut taken = Vec::new();
+        for size in sizes {
+            if let Some(next) = sizing.delivered(batch, size) {
+                batch = next;
+                taken.push(next);
+            }
+        }
+        taken
+    }
+
+    #[test]
+    fn a_pull_sized_for_small_events_shrinks_once_big_ones_arrive() {
+        // An empty stream gave 100; 4 KiB events pass 40 KiB at the 11th: judged early.
+        assert_eq!(resized(100, [4096; 200]), vec![5]);
+        // Small events keep it: a window of 100 is judged at its end and fits.
+        assert_eq!(resized(100, [200; 1000]), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn a_pull_grows_back_for_small_events_but_does_not_swing() {
+        assert_eq!(resized(2, [200; 100]), vec![100]);
+        // 20 KiB / 3 KiB = 6 under a batch of 5: within the band, kept.
+        assert_eq!(resized(5, [3 * 1024; 100]), Vec::<i64>::new());
+        // 20 KiB / 2.5 KiB = 8 under a batch of 16: half, shrunk at the window's end.
+        assert_eq!(resized(16, [2560; 15]), Vec::<i64>::new());
+        assert_eq!(resized(16, [2560; 16]), vec![8]);
+    }
+
+    #[test]
+    fn a_window_is_judged_early_on_a_few_events_not_on_one() {
+        assert_eq!(resized(100, [64 * 1024; 3]), Vec::<i64>::new());
+        assert_eq!(resized(100, [64 * 1024; 4]), vec![2]);
     }
 }

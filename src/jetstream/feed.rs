@@ -25,7 +25,7 @@ use futures::FutureExt;
 use futures::{Stream, StreamExt};
 
 use super::consumer::{
-    client_pull_batch, ConsumerLease, ConsumerSpec, CLIENT_PULL_EXPIRES, REOPEN_FOR,
+    client_pull_batch, ConsumerLease, ConsumerSpec, PullSizing, CLIENT_PULL_EXPIRES, REOPEN_FOR,
 };
 use super::{EventStore, Opening, RelayEvent, StartPlan, StoreError};
 use crate::subject::{ResumePoint, SubjectSet};
@@ -70,7 +70,8 @@ impl EventStore {
             expires: CLIENT_PULL_EXPIRES,
         };
         // The stream was read just before the consumer is created: its first one is trusted.
-        let feed = self.follow(spec, plan.after, stream.created, false).await?;
+        let mut feed = self.follow(spec, plan.after, stream.created, false).await?;
+        feed.sizing = Some(PullSizing::default());
         Ok(Subscription {
             opening: plan.opening,
             feed,
@@ -114,6 +115,7 @@ impl EventStore {
             reconnected: self.next_reset(),
             store: self.clone(),
             spec,
+            sizing: None,
         })
     }
 
@@ -156,6 +158,9 @@ pub struct EventFeed {
     reconnected: BoxFuture<'static, ()>,
     store: EventStore,
     spec: ConsumerSpec,
+    /// A client's feed re-sizes its pull to the events it gets (`None`: the live tail's keeps
+    /// its batch).
+    sizing: Option<PullSizing>,
 }
 
 type Reopening = BoxFuture<'static, Result<(Ordered, ConsumerLease), StoreError>>;
@@ -168,8 +173,11 @@ enum FeedState {
         held: Box<RelayEvent>,
         check: BoxFuture<'static, Result<(), FeedError>>,
     },
-    /// A new consumer is being opened after `floor`.
-    Reopening(Reopening),
+    /// A new consumer is being opened after `floor`; `resized`: only to change its pull.
+    Reopening {
+        opening: Reopening,
+        resized: bool,
+    },
     Failed,
 }
 
@@ -195,13 +203,24 @@ impl Stream for EventFeed {
         loop {
             match std::mem::replace(&mut this.state, FeedState::Failed) {
                 FeedState::Failed => return Poll::Ready(None),
-                FeedState::Reopening(mut opening) => match opening.poll_unpin(cx) {
+                FeedState::Reopening {
+                    mut opening,
+                    resized,
+                } => match opening.poll_unpin(cx) {
                     Poll::Pending => {
-                        this.state = FeedState::Reopening(opening);
+                        this.state = FeedState::Reopening { opening, resized };
                         return Poll::Pending;
                     }
                     Poll::Ready(Ok((messages, lease))) => {
-                        tracing::info!(floor = this.floor, "consumer re-created");
+                        if resized {
+                            tracing::debug!(
+                                floor = this.floor,
+                                batch = this.spec.batch,
+                                "consumer re-created with another pull size"
+                            );
+                        } else {
+                            tracing::info!(floor = this.floor, "consumer re-created");
+                        }
                         this.state = FeedState::Streaming(Box::new(messages));
                         this.lease = lease;
                         this.unchecked = true;
@@ -222,8 +241,7 @@ impl Stream for EventFeed {
                         return Poll::Pending;
                     }
                     Poll::Ready(Ok(())) => {
-                        this.state = FeedState::Streaming(messages);
-                        this.floor = held.seq;
+                        this.yielded(messages, &held);
                         return Poll::Ready(Some(Ok(*held)));
                     }
                     Poll::Ready(Err(err)) => {
@@ -270,8 +288,7 @@ impl Stream for EventFeed {
                             };
                         }
                         Ok(Some(event)) => {
-                            this.state = FeedState::Streaming(messages);
-                            this.floor = event.seq;
+                            this.yielded(messages, &event);
                             return Poll::Ready(Some(Ok(event)));
                         }
                     }
@@ -303,13 +320,37 @@ impl EventFeed {
         Ok(Some(RelayEvent::received(seq, published, message)))
     }
 
+    /// `event` is being yielded from `messages`: it is the new floor, and a client's consumer
+    /// whose pull no longer fits its events is replaced by one with a pull that does (the
+    /// messages the old one pulled ahead are dropped with it, and delivered again).
+    fn yielded(&mut self, messages: Box<Ordered>, event: &RelayEvent) {
+        self.floor = event.seq;
+        let batch = self.spec.batch;
+        match self
+            .sizing
+            .as_mut()
+            .and_then(|s| s.delivered(batch, event.payload.len()))
+        {
+            Some(batch) => {
+                self.spec.batch = batch;
+                self.reopen_for(true);
+            }
+            None => self.state = FeedState::Streaming(messages),
+        }
+    }
+
     /// Replaces the consumer with a new one starting after `floor`. Dropping the old consumer
     /// stream stops its pull task; the new lease replaces (and so deletes) the old one.
     fn reopen(&mut self) {
-        let reopen = self
-            .store
-            .clone()
-            .reopen_consumer(self.spec.clone(), self.floor);
-        self.state = FeedState::Reopening(Box::pin(reopen));
+        self.reopen_for(false);
+    }
+
+    fn reopen_for(&mut self, resized: bool) {
+        let opening = Box::pin(
+            self.store
+                .clone()
+                .reopen_consumer(self.spec.clone(), self.floor),
+        );
+        self.state = FeedState::Reopening { opening, resized };
     }
 }

@@ -92,3 +92,54 @@ async fn a_stalled_client_is_cut_off_without_growing_the_relay(mode) {
     assert_eq!(sample(&m, r#"relay_connections{kind="deployment"}"#), 1.0);
 }
 }
+
+/// Consumer mode: a client's pull is sized from the stream when it opens (an empty stream gives
+/// the most, 100 events) and re-sized to the events it gets: 4 KiB events bring it to 5, so a
+/// client that stops reading holds about 20 KiB of them, not 400. The consumer is replaced
+/// after the last event the client has, so every event arrives once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_pull_is_resized_to_the_events_it_gets() {
+    use futures::TryStreamExt;
+    const EVENTS: usize = 40;
+    const EVENT_BYTES: usize = 4096;
+    let nats = Nats::start().await;
+    let relay = Relay::start_in(Fanout::Consumer, &nats.url(), &[]).await;
+    let js = nats.jetstream().await;
+    let mut client = SseClient::connect(&relay.url("/v1/deployments/d-pull/events"), None).await;
+    relay
+        .wait_metric(r#"relay_connections{kind="deployment"}"#, 1.0)
+        .await;
+
+    let publisher = Publisher::connect(&nats.url()).await;
+    let mut published = Vec::new();
+    let mut payloads = Vec::new();
+    for i in 0..EVENTS {
+        let payload = format!("{i:08}{}", "p".repeat(EVENT_BYTES - 8));
+        published.push(publisher.deploy("d-pull", &payload).await);
+        payloads.push(payload);
+    }
+    let events = client.events(EVENTS).await;
+    assert_eq!(ids(&events), published, "every event once, in order");
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(data, payloads);
+
+    // The first consumer (a pull of 100) is deleted; its replacement pulls 5 at a time.
+    nats.wait_consumer_count(&js, 1, WAIT).await;
+    let stream = js.get_stream(STREAM).await.expect("stream");
+    let consumers: Vec<_> = stream
+        .consumers()
+        .try_collect()
+        .await
+        .expect("consumer list");
+    let batches: Vec<i64> = consumers.iter().map(|c| c.config.max_batch).collect();
+    assert_eq!(
+        batches,
+        vec![5],
+        "the client's consumer pulls 5 events of 4 KiB"
+    );
+    relay
+        .wait_metric("relay_consumers_deleted_total", 1.0)
+        .await;
+    let m = relay.metrics().await;
+    assert_eq!(sample(&m, "relay_consumers_created_total"), 2.0);
+}
