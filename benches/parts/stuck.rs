@@ -17,7 +17,9 @@
 //! Reported: the relay's RSS right after it started (before any client), after the load — for
 //! the reading row once every client has every event, for the stuck row 1 s after the last
 //! publish was acknowledged — and "KiB per stuck reader beyond a reading one" = (RSS after the
-//! load, stuck − RSS after the load, reading) ÷ C; beside it, the kernel's send queue of the
+//! load, stuck − RSS after the load, reading) ÷ C, and "in all" = (RSS after the load − RSS
+//! before any client, stuck row) ÷ C (what a stuck connection costs, its idle cost included,
+//! whatever load the reading row's clients were under); beside them, the kernel's send queue of the
 //! relay's sockets to the stuck clients at that moment (`tx_queue` in `/proc/<pid>/net/tcp`),
 //! per connection: memory a stuck client costs the relay's host outside the relay's RSS. Then,
 //! for every stuck connection, the time from the last publish acknowledged until the relay shed
@@ -74,7 +76,7 @@ pub async fn run(settings: &Settings, report: &mut Report) {
     };
     report.emit(String::new());
     report.emit(format!(
-        "Stuck readers: per mode, {clients} clients over {SUBJECTS} subjects and {events} events of {} KiB published over {:.1} s ({SEND_BUFFERS} × the largest TCP send buffer, {} KiB, per subject), on a fresh nats-server and relay (RELAY_WRITE_TIMEOUT {WRITE_TIMEOUT:?}) per row: once with every client reading, once with every client stuck (SO_RCVBUF {STUCK_RECV_BUFFER} B, the response head read, then nothing). Relay RSS before any client and after the load (reading: all delivered; stuck: 1 s after the last publish, with the stuck connections still open then); KiB per stuck reader beyond a reading one = (stuck − reading, after the load) ÷ clients; kernel send queue = what the relay's sockets to the stuck clients held then, per connection. Shed: stuck connections whose socket the relay closed (its fds, polled every {} ms), seconds from the last publish.\n",
+        "Stuck readers: per mode, {clients} clients over {SUBJECTS} subjects and {events} events of {} KiB published over {:.1} s ({SEND_BUFFERS} × the largest TCP send buffer, {} KiB, per subject), on a fresh nats-server and relay (RELAY_WRITE_TIMEOUT {WRITE_TIMEOUT:?}) per row: once with every client reading, once with every client stuck (SO_RCVBUF {STUCK_RECV_BUFFER} B, the response head read, then nothing). Relay RSS before any client and after the load (reading: all delivered; stuck: 1 s after the last publish, with the stuck connections still open then); KiB per stuck reader beyond a reading one = (stuck − reading, after the load) ÷ clients; in all = (stuck row after the load − before) ÷ clients; kernel send queue = what the relay's sockets to the stuck clients held then, per connection. Shed: stuck connections whose socket the relay closed (its fds, polled every {} ms), seconds from the last publish.\n",
         PAYLOAD_BYTES / 1024,
         load.seconds,
         send_buffer / 1024,
@@ -123,12 +125,13 @@ struct Stuck {
 
 impl Stuck {
     fn header() -> String {
-        "| stuck | mode | clients | relay RSS MiB before, reading row | after the load, reading | before, stuck row | after the load, stuck (stuck still open) | KiB per stuck reader beyond a reading one | kernel send queue KiB per stuck connection | shed / stuck | s from the last event to shed: p50 | max | readers' p99 ms | readers lost | dup |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".to_owned()
+        "| stuck | mode | clients | relay RSS MiB before, reading row | after the load, reading | before, stuck row | after the load, stuck (stuck still open) | KiB per stuck reader beyond a reading one | KiB per stuck connection in all | kernel send queue KiB per stuck connection | shed / stuck | s from the last event to shed: p50 | max | readers' p99 ms | readers lost | dup |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".to_owned()
     }
 
     fn line(&self, reading_before: f64, reading: &Row) -> String {
         let reading_after = reading.relay.as_ref().map_or(0.0, |r| r.rss);
         let beyond = (self.rss_after - reading_after) * 1024.0 / self.clients.max(1) as f64;
+        let in_all = (self.rss_after - self.rss_before) * 1024.0 / self.clients.max(1) as f64;
         let send_queue =
             self.send_queue_at_sample as f64 / 1024.0 / self.open_at_sample.max(1) as f64;
         let mut shed = self.shed_after.clone();
@@ -142,7 +145,7 @@ impl Stuck {
             }
         };
         format!(
-            "| {} stuck vs reading | {} | {} | {reading_before:.0} | {reading_after:.0} | {:.0} | {:.0} ({}) | {beyond:.1} | {send_queue:.0} | {} / {} | {} | {} | {:.1} | {} | {} |",
+            "| {} stuck vs reading | {} | {} | {reading_before:.0} | {reading_after:.0} | {:.0} | {:.0} ({}) | {beyond:.1} | {in_all:.1} | {send_queue:.0} | {} / {} | {} | {} | {:.1} | {} | {} |",
             self.clients,
             self.mode,
             self.clients,
