@@ -51,18 +51,23 @@ pub(super) fn client_pull_batch(messages: u64, bytes: u64) -> i64 {
 /// when the client opened, can be far off (an empty stream, or other subjects' events of another
 /// size), and what a client that stops reading holds is its pulls' worth of its own events.
 ///
-/// Events are counted in windows of one pull. At a window's end the pull is re-sized when the
-/// window's average asks for half the batch or less, or four times it or more (so it does not
-/// swing); a window whose events already pass twice [`CLIENT_PULL_BYTES`] is judged early, once
-/// it holds a few events, so a client that never reads is not left holding big pulls.
+/// The events delivered since the last re-size are averaged (halved now and then, so the average
+/// follows a change). A pull is shrunk as soon as that average asks for half the batch or less,
+/// from the first event on: a client that never reads takes only a few events into its socket
+/// before it stalls, and must not be left holding big pulls. It grows only when the average asks
+/// for four times the batch or more over four pulls' worth of events and at least
+/// [`GROW_AFTER_EVENTS`]: a growth re-creates the consumer for speed alone, so a mix of small and
+/// large events does not swing it back and forth.
 #[derive(Debug, Default)]
 pub(super) struct PullSizing {
     events: u64,
     bytes: u64,
 }
 
-/// The fewest events a window is judged on before its end.
-const EARLY_JUDGEMENT_EVENTS: u64 = 4;
+/// The fewest events a growth is judged on.
+const GROW_AFTER_EVENTS: u64 = 64;
+/// Past this many events the count and bytes are halved.
+const EVENTS_AVERAGED: u64 = 1024;
 
 impl PullSizing {
     /// Notes an event of `bytes` delivered under a pull of `batch`; the batch to re-create the
@@ -70,14 +75,20 @@ impl PullSizing {
     pub(super) fn delivered(&mut self, batch: i64, bytes: usize) -> Option<i64> {
         self.events += 1;
         self.bytes = self.bytes.saturating_add(bytes as u64);
-        let window = u64::try_from(batch).unwrap_or(1).max(1);
-        let over = self.bytes > 2 * CLIENT_PULL_BYTES && self.events >= EARLY_JUDGEMENT_EVENTS;
-        if self.events < window && !over {
-            return None;
-        }
+        let pull = u64::try_from(batch).unwrap_or(1).max(1);
         let fits = client_pull_batch(self.events, self.bytes);
-        *self = PullSizing::default();
-        (fits * 2 <= batch || fits >= batch.saturating_mul(4)).then_some(fits)
+        let shrink = fits.saturating_mul(2) <= batch;
+        let grow = fits >= batch.saturating_mul(4)
+            && self.events >= pull.saturating_mul(4).max(GROW_AFTER_EVENTS);
+        if shrink || grow {
+            *self = PullSizing::default();
+            return Some(fits);
+        }
+        if self.events >= EVENTS_AVERAGED {
+            self.events /= 2;
+            self.bytes /= 2;
+        }
+        None
     }
 }
 
@@ -338,26 +349,37 @@ mod tests {
     }
 
     #[test]
-    fn a_pull_sized_for_small_events_shrinks_once_big_ones_arrive() {
-        // An empty stream gave 100; 4 KiB events pass 40 KiB at the 11th: judged early.
+    fn a_pull_sized_for_small_events_shrinks_at_the_first_big_one() {
+        // An empty stream gave 100: the first 4 KiB event asks for 5.
         assert_eq!(resized(100, [4096; 200]), vec![5]);
-        // Small events keep it: a window of 100 is judged at its end and fits.
+        assert_eq!(resized(100, [64 * 1024]), vec![2]);
+        // Small events keep it.
         assert_eq!(resized(100, [200; 1000]), Vec::<i64>::new());
+        // 20 KiB / 2.5 KiB = 8 under a batch of 16: half, shrunk; 10 under 16: kept.
+        assert_eq!(resized(16, [2560]), vec![8]);
+        assert_eq!(resized(16, [2048; 100]), Vec::<i64>::new());
     }
 
     #[test]
-    fn a_pull_grows_back_for_small_events_but_does_not_swing() {
-        assert_eq!(resized(2, [200; 100]), vec![100]);
+    fn a_pull_grows_back_for_small_events_over_four_pulls_and_64_events() {
+        assert_eq!(resized(2, [200; 63]), Vec::<i64>::new());
+        assert_eq!(resized(2, [200; 64]), vec![100]);
         // 20 KiB / 3 KiB = 6 under a batch of 5: within the band, kept.
-        assert_eq!(resized(5, [3 * 1024; 100]), Vec::<i64>::new());
-        // 20 KiB / 2.5 KiB = 8 under a batch of 16: half, shrunk at the window's end.
-        assert_eq!(resized(16, [2560; 15]), Vec::<i64>::new());
-        assert_eq!(resized(16, [2560; 16]), vec![8]);
+        assert_eq!(resized(5, [3 * 1024; 1000]), Vec::<i64>::new());
     }
 
     #[test]
-    fn a_window_is_judged_early_on_a_few_events_not_on_one() {
-        assert_eq!(resized(100, [64 * 1024; 3]), Vec::<i64>::new());
-        assert_eq!(resized(100, [64 * 1024; 4]), vec![2]);
+    fn a_mix_of_small_and_large_events_settles_without_swinging() {
+        // Nine events of 200 B, then one of 64 KiB, over and over: shrunk once, at the first
+        // large one (an average of 6.6 KiB asks for 3), then kept.
+        let mix = (0..2000).map(|i| if i % 10 == 9 { 64 * 1024 } else { 200 });
+        assert_eq!(resized(100, mix), vec![3]);
+    }
+
+    #[test]
+    fn the_average_follows_a_lasting_change_of_size() {
+        // 4 KiB events, then 100 B ones: shrunk to 5, then grown in steps as the average falls.
+        let sizes = std::iter::repeat_n(4096, 1000).chain(std::iter::repeat_n(100, 5000));
+        assert_eq!(resized(100, sizes), vec![5, 20, 100]);
     }
 }
