@@ -191,12 +191,9 @@ impl<'a> Tally<'a> {
         if self.current.is_some_and(|(counted, _, _)| counted != seq) {
             self.flush();
         }
-        let (_, now, _) = *self.current.get_or_insert_with(|| {
-            let lag = (time::OffsetDateTime::now_utc() - delivery.event.published)
-                .as_seconds_f64()
-                .max(0.0);
-            (seq, Instant::now(), lag)
-        });
+        let (_, now, _) = *self
+            .current
+            .get_or_insert_with(|| (seq, Instant::now(), delivery.event.lag_seconds()));
         self.all += 1;
         self.live += u64::from(live);
         now

@@ -115,9 +115,7 @@ impl OpenConnection {
     fn record_delivery(&mut self, event: &RelayEvent) {
         self.unreported += 1;
         self.events += 1;
-        let lag = (time::OffsetDateTime::now_utc() - event.published)
-            .as_seconds_f64()
-            .max(0.0);
+        let lag = event.lag_seconds();
         self.lag.record(lag);
         if event.seq > self.live_after {
             self.live_lag.record(lag);

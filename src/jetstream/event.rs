@@ -69,6 +69,13 @@ impl RelayEvent {
         }
     }
 
+    /// Seconds from JetStream storing it until now (0 if the clocks disagree): a delivery's lag.
+    pub fn lag_seconds(&self) -> f64 {
+        (time::OffsetDateTime::now_utc() - self.published)
+            .as_seconds_f64()
+            .max(0.0)
+    }
+
     /// From the `Relay-Event-Type` header; `message` if absent or empty.
     pub fn event_type(&self) -> &str {
         self.headers

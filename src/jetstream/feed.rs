@@ -70,8 +70,10 @@ impl EventStore {
             expires: CLIENT_PULL_EXPIRES,
         };
         // The stream was read just before the consumer is created: its first one is trusted.
-        let mut feed = self.follow(spec, plan.after, stream.created, false).await?;
-        feed.sizing = Some(PullSizing::default());
+        let sizing = Some(PullSizing::default());
+        let feed = self
+            .follow(spec, plan.after, stream.created, false, sizing)
+            .await?;
         Ok(Subscription {
             opening: plan.opening,
             feed,
@@ -95,7 +97,7 @@ impl EventStore {
             batch,
             expires,
         };
-        self.follow(spec, after, created, true).await
+        self.follow(spec, after, created, true, None).await
     }
 
     async fn follow(
@@ -104,6 +106,7 @@ impl EventStore {
         after: u64,
         created: time::OffsetDateTime,
         check_first: bool,
+        sizing: Option<PullSizing>,
     ) -> Result<EventFeed, StoreError> {
         let (messages, lease) = self.open_consumer(&spec, after).await?;
         Ok(EventFeed {
@@ -115,7 +118,7 @@ impl EventStore {
             reconnected: self.next_reset(),
             store: self.clone(),
             spec,
-            sizing: None,
+            sizing,
         })
     }
 
