@@ -277,6 +277,23 @@ mod tests {
         socket: Option<Vec<Take>>,
     }
 
+    /// A waker that notes it was woken.
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl Woken {
+        /// Whether it was woken since last asked.
+        fn take(&self) -> bool {
+            self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// What the socket takes of a frame the tail writes.
     #[derive(Debug, Clone, Copy)]
     enum Take {
@@ -328,6 +345,16 @@ mod tests {
     }
 
     impl Socket {
+        /// A socket doing with each write what `takes` says, in turn.
+        fn new(takes: Vec<Take>) -> Arc<Socket> {
+            Arc::new(Socket {
+                takes,
+                state: Default::default(),
+                written: Default::default(),
+                by_helper: Default::default(),
+            })
+        }
+
         fn write_all(&self, frame: &[u8]) {
             self.lock().1.extend_from_slice(frame);
             self.written.notify_all();
@@ -396,17 +423,16 @@ mod tests {
             page: s.page,
         });
         let mut feed = SharedFeed::new(registry.clone(), pages, registration, s.cursor);
-        let socket = Arc::new(Socket {
-            takes: s.socket.clone().unwrap_or_default(),
-            state: Default::default(),
-            written: Default::default(),
-            by_helper: Default::default(),
-        });
+        let socket = Socket::new(s.socket.clone().unwrap_or_default());
         if s.socket.is_some() {
             feed.write_directly(socket.clone(), s.cursor);
         }
-        let waker = noop_waker();
+        // The client's task runs only when woken, as under a runtime: a hand-back the tail does
+        // not wake it for is never written.
+        let woken = Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
         let mut cx = Context::from_waker(&waker);
+        let mut parked = false;
         let mut taken = s.taken_at_start;
         let mut steps = s.schedule.iter().copied().chain(std::iter::repeat(false));
         let mut idle_polls = 0;
@@ -416,25 +442,31 @@ mod tests {
                 taken += 1;
                 continue;
             }
-            if let Some(rest) = feed.disarm().and_then(|report| report.rest) {
+            if parked && !woken.take() {
+                // Asleep: the tail moves on.
+            } else if let Some(rest) = feed.disarm().and_then(|report| report.rest) {
+                parked = false;
                 idle_polls = 0;
                 socket.write_all(&rest);
                 continue;
-            }
-            match feed.poll_next_unpin(&mut cx) {
-                Poll::Ready(Some(Ok(delivery))) => {
-                    idle_polls = 0;
-                    socket.write_all(&delivery.frame);
-                    continue;
-                }
-                Poll::Ready(_) => return None,
-                Poll::Pending => {
-                    // The tail may take in an event between the feed's answer and the arming.
-                    if steps.next().unwrap_or(false) && taken < stream.len() {
-                        take_in(taken);
-                        taken += 1;
+            } else {
+                match feed.poll_next_unpin(&mut cx) {
+                    Poll::Ready(Some(Ok(delivery))) => {
+                        parked = false;
+                        idle_polls = 0;
+                        socket.write_all(&delivery.frame);
+                        continue;
                     }
-                    feed.arm();
+                    Poll::Ready(_) => return None,
+                    Poll::Pending => {
+                        // The tail may take in an event between the feed's answer and the arming.
+                        if steps.next().unwrap_or(false) && taken < stream.len() {
+                            take_in(taken);
+                            taken += 1;
+                        }
+                        feed.arm();
+                        parked = true;
+                    }
                 }
             }
             // Nothing for the client's task now: the tail moves on.
@@ -477,12 +509,7 @@ mod tests {
         for _ in 0..CLIENTS {
             let registration = registry.register(vec![MINE.to_owned()]).expect("started");
             let mut feed = SharedFeed::new(registry.clone(), pages.clone(), registration, 0);
-            let socket = Arc::new(Socket {
-                takes: vec![Take::Whole],
-                state: Default::default(),
-                written: Default::default(),
-                by_helper: Default::default(),
-            });
+            let socket = Socket::new(vec![Take::Whole]);
             feed.write_directly(socket.clone(), 0);
             assert!(feed.poll_next_unpin(&mut cx).is_pending());
             feed.arm();

@@ -158,12 +158,13 @@ mod tests {
         assert_eq!(lag.take_window(), LagWindow::default(), "taken once");
         lag.add_many(1.5, 4);
         lag.add_many(0.5, 3);
+        lag.add_many(2.5, 2);
         assert_eq!(
             lag.take_window(),
             LagWindow {
-                live: 7,
-                over_half: 4,
-                over: 0
+                live: 9,
+                over_half: 6,
+                over: 2
             },
             "one event's deliveries at once"
         );

@@ -110,13 +110,11 @@ async fn a_clients_pull_is_resized_to_the_events_it_gets() {
         .wait_metric(r#"relay_connections{kind="deployment"}"#, 1.0)
         .await;
 
-    // Published at once, so the first consumer's pull of 100 has taken events past the first
-    // (where the re-size is judged) when it is replaced: those are dropped with it and
-    // delivered again by its successor.
+    // Published at once, so the first consumer's pull of 100 may have taken events past the
+    // first (where the re-size is judged) when it is replaced: those would be dropped with it
+    // and delivered again by its successor.
     let publisher = Publisher::connect(&nats.url()).await;
-    let payloads: Vec<String> = (0..EVENTS)
-        .map(|i| format!("{i:08}{}", "p".repeat(EVENT_BYTES - 8)))
-        .collect();
+    let payloads = sized_payloads(EVENTS, EVENT_BYTES);
     let sequences =
         futures::future::join_all(payloads.iter().map(|p| publisher.deploy("d-pull", p))).await;
     let mut published: Vec<(u64, &str)> = sequences

@@ -109,14 +109,8 @@ pub fn numbered(i: usize) -> String {
 
 /// `received` is exactly `published` (ids, in order, once each) carrying `numbered(0..)`.
 pub fn assert_exactly_once(received: &[SseEvent], published: &[u64]) {
-    assert_eq!(
-        ids(received),
-        published,
-        "every event exactly once, in order"
-    );
-    let payloads: Vec<String> = received.iter().map(|e| e.data.clone()).collect();
     let want: Vec<String> = (0..published.len()).map(numbered).collect();
-    assert_eq!(payloads, want);
+    assert_received(received, published, &want);
 }
 
 /// Runs `sse-relay serve` with its public port already taken, so it logs its start-up and exits
@@ -336,14 +330,19 @@ pub async fn publish_sized(
     count: usize,
     size: usize,
 ) -> (Vec<u64>, Vec<String>) {
-    let payloads: Vec<String> = (0..count)
-        .map(|i| format!("{i:08}{}", "x".repeat(size - 8)))
-        .collect();
+    let payloads = sized_payloads(count, size);
     let mut published = Vec::with_capacity(count);
     for payload in &payloads {
         published.push(publisher.deploy(id, payload).await);
     }
     (published, payloads)
+}
+
+/// `count` payloads of `size` bytes, each beginning with its number.
+pub fn sized_payloads(count: usize, size: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("{i:08}{}", "x".repeat(size - 8)))
+        .collect()
 }
 
 /// `received` is exactly the events `published` (ids, in order, once each) with `payloads`.
