@@ -130,6 +130,7 @@ impl Stuck {
 
     fn line(&self, reading_before: f64, reading: &Row) -> String {
         let reading_after = reading.relay.as_ref().map_or(0.0, |r| r.rss);
+        assert!(reading_after > 0.0, "no RSS for the reading row's relay");
         let beyond = (self.rss_after - reading_after) * 1024.0 / self.clients.max(1) as f64;
         let in_all = (self.rss_after - self.rss_before) * 1024.0 / self.clients.max(1) as f64;
         let send_queue =
@@ -207,6 +208,8 @@ async fn stuck_row(mode: &'static str, load: Load, env: &[(&str, String)]) -> St
     let last_event = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = relay.proc.rss_mib();
+    // 0 once the process is gone: a relay that died would read as holding nothing.
+    assert!(rss_after > 0.0, "the relay died during the stuck row");
     let held = peers_held_by(relay.proc.pid);
     let stuck_held = addrs.iter().filter_map(|addr| held.get(addr));
     let (open_at_sample, send_queue_at_sample) =
